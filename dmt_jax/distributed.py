@@ -86,7 +86,13 @@ def initialize(coordinator_address: str | None = None,
     # All four arguments known: skip cluster auto-detection (it would e.g. pick one GPU per process
     # when started inside a SLURM allocation).
     kwargs["cluster_detection_method"] = "deactivate"
-  jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+  except ValueError as e:
+    if not auto:
+      raise
+    raise ValueError(f"auto-detection found no SLURM / Open MPI / Cloud TPU environment ({e}); pass "
+                     "coordinator_address, num_processes and process_id explicitly") from e
   if fail_fast:
     _install_fail_fast(poll_interval_s)
   return True

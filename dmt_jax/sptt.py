@@ -140,7 +140,7 @@ def apply_towers(pooled, tm_params, tm_apply, tl: TowerLayout):
   if tm_apply is None:
     y = x
   else:
-    y = jax.vmap(tm_apply)(tm_params, x)                            # [k, G*B, K, D]
+    y = jax.vmap(lambda p, xx: tm_apply({"params": p}, xx))(tm_params, x)   # [k, G*B, K, D]
   return y.transpose(1, 0, 2, 3)
 
 

@@ -38,7 +38,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--num_processes", type=int, required=True, help="number of child processes N")
   parser.add_argument("--devices_per_process", type=int, default=1,
                       help="fake CPU devices per process K (passed as --num_cpu_devices=K)")
-  parser.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1; 0 = pick a free one")
+  parser.add_argument("--port", type=int, default=0,
+                      help="coordinator port on 127.0.0.1; 0 = pick a free one")
   parser.add_argument("--grace_period_s", type=float, default=5.0,
                       help="seconds between SIGTERM and SIGKILL when stopping children")
   parser.add_argument("--jax_platforms", default="cpu",

@@ -182,3 +182,11 @@ def test_bad_arguments(tmp_path):
     criteo.CriteoReader([], 10, criteo.HashEncoder(VOCABS), policy="ignore")
   with pytest.raises(ValueError, match="26 vocab sizes"):
     criteo.HashEncoder([10] * 3)
+
+
+def test_truncated_gzip_names_file(tmp_path):
+  data = gzip.compress(("\n".join(random_lines(2000)) + "\n").encode())
+  p = tmp_path / "day_9"
+  p.write_bytes(data[: len(data) // 2])
+  with pytest.raises(OSError, match=rf"{p}: cannot read past line \d+"):
+    read_all([p])

@@ -21,10 +21,14 @@ The generator draws, for every row:
   the interaction term has standard deviation ``signal_std``, the dense term ``dense_std``, and the
   mean click rate is ``base_rate``.
 
-Determinism: row ``r`` of step ``t`` in split ``split`` is a pure function of ``(seed, split, t, r)``.
+Determinism: row ``r`` of step ``t`` in split ``split`` is a pure function of ``(seed, split, t, r)``
+(and the constructor arguments); it does not depend on the batch size or the number of processes.
 Rows are generated in fixed blocks of ``block_size`` rows, each from its own Philox stream keyed by
 ``(seed, split, t, r // block_size)``; a process generates only the blocks covering its share of the
 global batch, so the union over processes equals a single-process batch exactly.
+
+Strength (defaults, 12 features of vocab 1000): Bayes AUC of the true logits ~0.91; a dot-interaction
+DLRM (dim 16, batch 256, 300 Adagrad steps at lr 0.1-0.2) reaches eval AUC ~0.76-0.79.
 
 Memory: per feature ``vocab * (8 + 4 + 4k)`` bytes (CDF, permutation, latents); meant for vocabularies
 up to ~1e6 per feature.

@@ -21,8 +21,8 @@ Gradients are taken w.r.t. ``rows`` (and tower params), never w.r.t. the tables.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -93,7 +93,6 @@ class EmbeddingEngine:
       self.identity_towers = False
       self.layout = plan.build_layout(fs, kind, M, [list(range(fs.num_features))],
                                       num_col_shards=cfg.num_col_shards)
-      self.rows_in = self.batch_per_device
       self.scope = "embedding_exchange"
     elif cfg.mode == "towers":
       if cfg.towers is None:
@@ -104,10 +103,7 @@ class EmbeddingEngine:
     else:
       raise ValueError(f"engine mode must be 'flat' or 'towers', got {cfg.mode!r}")
     self.members = self.layout.members
-    self.capacity = self.layout.capacity(self.rows_in, cfg.capacity_factor,
-                                         self.layout.slot_table.shape[1])
-    self.static = lookup.LookupStatic(self.members, self.capacity, self.rows_in, self.send_weights,
-                                      self.routing_axes)
+    self._set_batch(self.batch_per_device)
     self.group_member = plan.device_group_member(mesh.devices.shape, self.all_axes,
                                                  self.selector_axes, self.routing_axes)
     self.spec = P(self.all_axes)
@@ -126,8 +122,22 @@ class EmbeddingEngine:
     self.layout = plan.build_layout(self.fs, kind, M, tl.group_features, tl.group_slot_columns,
                                     tl.group_out_positions, f_out=tl.towers_per_group * tl.f_t,
                                     num_col_shards=self.cfg.num_col_shards)
-    self.rows_in = topo.num_groups * self.batch_per_device
     self.scope = "intra_tower_lookup"
+
+  def _set_batch(self, batch_per_device: int) -> None:
+    self.batch_per_device = int(batch_per_device)
+    groups = self.topology.num_groups if self.tl is not None else 1
+    self.rows_in = groups * self.batch_per_device
+    self.capacity = self.layout.capacity(self.rows_in, self.cfg.capacity_factor,
+                                         self.layout.slot_table.shape[1])
+    self.static = lookup.LookupStatic(self.members, self.capacity, self.rows_in, self.send_weights,
+                                      self.routing_axes)
+
+  def with_batch(self, batch_per_device: int) -> "EmbeddingEngine":
+    """The same plan for another per-device batch (e.g. eval): only static sizes change."""
+    other = copy.copy(self)
+    other._set_batch(batch_per_device)
+    return other
 
   # --- helpers ---------------------------------------------------------------------------------
   @property

@@ -1,0 +1,151 @@
+"""The one configuration schema: every field, its meaning and its default.
+
+Experiment files (``experiments/configs/*.py``) call ``get_config(model, mode, arg)``; the ``arg`` after
+the colon picks a size preset (``tiny``, ``criteo_kaggle``, ``criteo_1tb``, ``movielens``) and may carry
+``key=value`` overrides (``tiny,steps=50``). Command-line ``--config.<field>=<value>`` overrides win.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PRESETS = ("tiny", "medium", "criteo_kaggle", "criteo_1tb", "movielens")
+
+# Criteo Kaggle (Display Advertising Challenge) categorical cardinalities, as used by the DLRM reference.
+CRITEO_KAGGLE_VOCABS = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+                        27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
+# Criteo Terabyte cardinalities with the MLPerf DLRM-DCNv2 40M-row cap per table.
+CRITEO_1TB_VOCABS = (40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282,
+                     10, 2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36)
+
+
+def base(model: str, mode: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = mode                      # flat | dmt
+  c.seed = 0                         # parameter init seed (data seed: data.seed)
+  # --- topology / mesh -----------------------------------------------------------------------------
+  c.topology = "host=2,device=4"     # levels outermost first, "name=size,..."; product = device count
+  c.tower_level = "host"             # level whose members are tower groups ("" = none)
+  c.num_cpu_devices = 8              # fake CPU devices per process (main() only; 0 = leave JAX's default)
+  # --- embeddings ----------------------------------------------------------------------------------
+  c.sharding = "table_wise"          # flat: table_wise|row_wise|column_wise|data_parallel|table_row_wise
+                                     # dmt: sharding inside a tower group: table_wise|row_wise|column_wise
+  c.capacity_factor = 0.0            # id all-to-all capacity per destination; 0 = overflow impossible
+  c.embedding_optimizer = "adagrad"  # sgd | adagrad | rowwise_adagrad (row-sparse, on the owning shard)
+  c.embedding_learning_rate = 0.1
+  c.embedding_initial_accumulator = 0.0
+  c.id_policy = "error"              # out-of-range / negative ids: error | hash (mod vocab) | clip
+  # --- towers (mode=dmt) ---------------------------------------------------------------------------
+  c.towers = ml_collections.ConfigDict()
+  c.towers.num_towers = 0            # 0 = one tower per group; must be a multiple of the group count
+  c.towers.assignment = "contiguous" # contiguous | round_robin | explicit "0,1,2|3,4,5" (indices or names)
+  c.towers.file = ""                 # towers JSON from experiments/partition.py (wins over assignment)
+  c.towers.module = "linear"         # identity | linear | mlp | dcn | dot
+  c.towers.compression = 4.0         # c: a tower of F_t features emits ceil(F_t / c) vectors of width D
+  c.towers.hidden = (64,)            # mlp tower hidden widths
+  c.towers.num_cross_layers = 1      # dcn tower cross layers
+  c.towers.wire_dtype = "float32"    # dtype of tower outputs on the peer exchange: float32 | bfloat16
+  # --- model ---------------------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = model               # dlrm | dcn
+  c.model.bottom_mlp = (64, 16)      # dlrm: last width = embedding dim
+  c.model.top_mlp = (64, 32, 1)      # dlrm: ends in 1
+  c.model.num_cross_layers = 2       # dcn
+  c.model.low_rank = 8               # dcn: rank of the cross layers (0 = full rank)
+  c.model.deep_mlp = (64, 32)        # dcn
+  # --- optimisation --------------------------------------------------------------------------------
+  c.optimizer = "adam"               # dense params and tower modules: adam | adagrad | sgd
+  c.learning_rate = 1e-3
+  c.batch_size = 256                 # global; a multiple of the device count
+  c.num_train_steps = 300
+  c.on_nonfinite = "stop"            # NaN/Inf loss or gradient: stop (with step info) | skip the update
+  # --- evaluation / logging / checkpoints ----------------------------------------------------------
+  c.eval_batch_size = 1024
+  c.num_eval_batches = 4
+  c.eval_every = 100
+  c.log_every = 25
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 3
+  c.async_checkpointing = False
+  # --- data ----------------------------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"        # synthetic | criteo | movielens
+  c.data.seed = 0
+  c.data.num_dense = 13
+  c.data.vocab_sizes = (1000,) * 16
+  c.data.max_bags = (1,) * 16        # per-feature max bag length (multi-hot padded with -1)
+  c.data.pooling = "sum"             # sum | mean
+  c.data.embedding_dim = 16
+  c.data.num_planted_groups = 4      # synthetic: planted interacting feature groups
+  c.data.path = ""                   # criteo: preprocessed shard dir; movielens: wheel cache dir
+  c.data.malformed_policy = "fail"   # criteo raw reader: fail (file:line) | skip (counted)
+  return c
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
+  if preset == "tiny":
+    c.data.vocab_sizes = (1000, 800, 1200, 500, 1000, 900, 700, 1000, 1100, 600, 1000, 400, 1000, 800, 1300, 1000)
+    c.data.max_bags = (1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 3, 1, 1, 1, 1, 1)
+    c.embedding_learning_rate = 0.15
+  elif preset == "medium":
+    c.data.vocab_sizes = (100_000,) * 26
+    c.data.max_bags = (1,) * 26
+    c.data.embedding_dim = 64
+    c.model.bottom_mlp = (512, 256, 64)
+    c.model.top_mlp = (512, 256, 1)
+    c.batch_size = 4096
+    c.num_train_steps = 50
+  elif preset in ("criteo_kaggle", "criteo_1tb"):
+    c.data.vocab_sizes = CRITEO_KAGGLE_VOCABS if preset == "criteo_kaggle" else CRITEO_1TB_VOCABS
+    c.data.max_bags = (1,) * 26
+    c.data.embedding_dim = 128
+    c.data.source = "criteo"
+    c.model.bottom_mlp = (512, 256, 128)
+    c.model.top_mlp = (1024, 1024, 512, 256, 1)
+    c.model.deep_mlp = (1024, 1024, 512, 256)
+    c.model.num_cross_layers = 3
+    c.model.low_rank = 512
+    c.batch_size = 65536
+    c.eval_batch_size = 65536
+    c.num_train_steps = 100_000
+    c.learning_rate = 1e-3
+    c.embedding_optimizer = "rowwise_adagrad"
+    c.embedding_learning_rate = 0.05
+    c.topology = "host=8,device=8"
+    c.num_cpu_devices = 0
+    c.eval_every = 5000
+    c.log_every = 100
+    c.checkpoint_every = 5000
+    c.async_checkpointing = True
+    c.towers.num_towers = 8
+  elif preset == "movielens":
+    c.data.source = "movielens"
+    c.data.embedding_dim = 16
+    c.batch_size = 512
+    c.num_train_steps = 800
+    c.eval_batch_size = 2048
+    c.eval_every = 200
+    c.embedding_learning_rate = 0.05
+  else:
+    raise ValueError(f"unknown config arg {preset!r}; choose one of {PRESETS}")
+
+
+def get_config(model: str, mode: str, arg: str | None) -> ml_collections.ConfigDict:
+  """``arg`` = ``preset[,key=value...]``; keys are dotted config fields (``steps`` = num_train_steps)."""
+  c = base(model, mode)
+  parts = [p for p in (arg or "tiny").split(",") if p]
+  preset = parts[0] if parts and "=" not in parts[0] else "tiny"
+  apply_preset(c, preset)
+  aliases = {"steps": "num_train_steps", "batch": "batch_size"}
+  for p in parts[1:] if "=" not in parts[0] else parts:
+    k, v = p.split("=", 1)
+    k = aliases.get(k, k)
+    node = c
+    *path, leaf = k.split(".")
+    for q in path:
+      node = node[q]
+    if leaf not in node:
+      raise KeyError(f"config arg names unknown field {k!r}")
+    old = node[leaf]
+    node[leaf] = type(old)(v) if not isinstance(old, (tuple, list)) else tuple(type(old[0])(x) for x in v.split("/"))
+  return c

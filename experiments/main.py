@@ -1,0 +1,50 @@
+"""Train and evaluate a flat or DMT recommendation model from an ml_collections config.
+
+  python experiments/main.py --config=experiments/configs/dmt_dlrm.py:tiny --workdir=/tmp/dmt_tiny
+  python experiments/main.py --config=experiments/configs/flat_dlrm.py:tiny --workdir=/tmp/w \
+      --config.sharding=row_wise --config.num_train_steps=100
+  python experiments/main.py --config=... --workdir=W --mode=eval      # evaluate the latest checkpoint
+
+Multi-process: ``launch/local.py`` (this machine), ``launch/slurm_gpu.sbatch``, ``launch/tpu_pod.sh``
+append ``--coordinator_address/--num_processes/--process_id`` (or pass ``--distributed=auto``).
+"""
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (config.json, metrics.jsonl, checkpoints/).")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or eval a checkpoint.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of JAX processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_string("distributed", "", "'auto': let jax.distributed detect SLURM / Open MPI / TPU.")
+flags.DEFINE_integer("num_cpu_devices", None, "Fake CPU devices per process (default: config).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  import jax
+  config = FLAGS.config
+  ndev = FLAGS.num_cpu_devices if FLAGS.num_cpu_devices is not None else config.num_cpu_devices
+  if ndev:
+    jax.config.update("jax_num_cpu_devices", int(ndev))
+  from dmt_jax import distributed
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         auto=FLAGS.distributed == "auto")
+  from dmt_jax import train
+  if FLAGS.mode == "eval":
+    result = train.evaluate_checkpoint(config, FLAGS.workdir)
+  else:
+    result = train.train_and_evaluate(config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(json.dumps({k: v for k, v in result.items()}, default=float), flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
