@@ -140,8 +140,31 @@ def apply_towers(pooled, tm_params, tm_apply, tl: TowerLayout):
   if tm_apply is None:
     y = x
   else:
-    y = jax.vmap(lambda p, xx: tm_apply({"params": p}, xx))(tm_params, x)   # [k, G*B, K, D]
+    with jax.named_scope("tower_module"):   # its transpose holds the tower-gradient psum over local axes
+      y = jax.vmap(lambda p, xx: tm_apply({"params": p}, xx))(tm_params, x)   # [k, G*B, K, D]
   return y.transpose(1, 0, 2, 3)
+
+
+def _wire_all_to_all(x, axes, wire_dtype):
+  """all_to_all over ``axes`` whose payload really travels as ``wire_dtype`` (forward and backward).
+
+  The value is rounded to ``wire_dtype`` and bit-cast to an unsigned integer of the same width for
+  the exchange, so XLA cannot hoist the conversion past the collective (XLA:CPU otherwise moves a
+  bf16 convert behind the all-to-all and ships f32). Its transpose is the same exchange.
+  """
+  bits = {2: jnp.uint16, 1: jnp.uint8}[jnp.dtype(wire_dtype).itemsize]
+
+  def exchange(v):
+    w = lax.bitcast_convert_type(v.astype(wire_dtype), bits)
+    w = lax.all_to_all(w, axes, 0, 0, tiled=True)
+    return lax.bitcast_convert_type(w, wire_dtype).astype(v.dtype)
+
+  @jax.custom_vjp
+  def f(v):
+    return exchange(v)
+
+  f.defvjp(lambda v: (exchange(v), None), lambda _, ct: (exchange(ct),))
+  return f(x)
 
 
 def exchange_back(y, tl: TowerLayout, peer_axes: tuple[str, ...], wire_dtype=None):
@@ -151,12 +174,13 @@ def exchange_back(y, tl: TowerLayout, peer_axes: tuple[str, ...], wire_dtype=Non
   B = GB // G
   dtype = y.dtype
   y = y.reshape(G, B, k * K * D)
-  if wire_dtype is not None:
-    y = y.astype(wire_dtype)
   with jax.named_scope("tower_output_exchange"):
-    if G > 1:
+    if G > 1 and wire_dtype is not None:
+      y = _wire_all_to_all(y, peer_axes, wire_dtype)
+    elif G > 1:
       y = lax.all_to_all(y, peer_axes, 0, 0, tiled=True)            # row g' = from group g'
-  y = y.astype(dtype)
+    elif wire_dtype is not None:
+      y = y.astype(wire_dtype).astype(dtype)
   return y.reshape(G, B, k * K, D).transpose(1, 0, 2, 3).reshape(B, G * k * K, D)
 
 

@@ -156,10 +156,15 @@ def init_state(exp: Experiment, seed: int):
     towers = jax.vmap(lambda kk: exp.tower_module.init(kk, jnp.zeros((1, f_t, fs.uniform_dim())))["params"])(keys)
     towers = jax.device_put(towers, eng.tower_param_sharding(towers))
   params = {"dense": dense, "towers": towers}
-  opt_state = jax.jit(exp.tx.init)(params)
+  replicated = NamedSharding(mesh, P())
+  # Optimizer moments take their params' shardings (tower moments stay on their group).
+  abstract = jax.eval_shape(exp.tx.init, params)
+  opt_sh = optax.tree_map_params(exp.tx, lambda _, sh: sh, abstract,
+                                 jax.tree.map(lambda x: x.sharding, params),
+                                 transform_non_params=lambda _: replicated)
+  opt_state = jax.jit(exp.tx.init, out_shardings=opt_sh)(params)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
            "tables": tables, "table_opt": table_opt}
-  replicated = NamedSharding(mesh, P())
   # Leaves created outside a mesh context (step counters, optax counts) live on one device: replicate.
   return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
                       state)
@@ -190,7 +195,7 @@ def make_train_step(exp: Experiment, state_sh):
 
     (loss, _), (g_params, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         state["params"], rows)
-    grad_norm = optax.global_norm((g_params, g_rows))
+    grad_norm = optax.tree.norm((g_params, g_rows))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(g_params, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

@@ -43,6 +43,7 @@ DEFAULT_ROLES: dict[str, str] = {
     "intra_tower_lookup": "intra_tower_lookup",
     "embedding_exchange": "embedding_exchange",
     "embedding_grad_sync": "embedding_grad_sync",
+    "tower_module": "tower_grad_sync",
     "dense_sync": "dense_sync",
 }
 DENSE_SYNC = "dense_sync"
