@@ -34,6 +34,7 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.embedding_optimizer = "adagrad"  # sgd | adagrad | rowwise_adagrad (row-sparse, on the owning shard)
   c.embedding_learning_rate = 0.1
   c.embedding_initial_accumulator = 0.0
+  c.embedding_update = "sparse"      # sparse (O(rows touched)) | dense (O(table) baseline for benchmarks)
   c.id_policy = "error"              # out-of-range / negative ids: error | hash (mod vocab) | clip
   # --- towers (mode=dmt) ---------------------------------------------------------------------------
   c.towers = ml_collections.ConfigDict()
@@ -61,7 +62,7 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.on_nonfinite = "stop"            # NaN/Inf loss or gradient: stop (with step info) | skip the update
   # --- evaluation / logging / checkpoints ----------------------------------------------------------
   c.eval_batch_size = 1024
-  c.num_eval_batches = 4
+  c.num_eval_batches = 4             # criteo/movielens: <= 0 = every full eval batch of the eval split
   c.eval_every = 100
   c.log_every = 25
   c.checkpoint_every = 100
@@ -77,8 +78,14 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.data.pooling = "sum"             # sum | mean
   c.data.embedding_dim = 16
   c.data.num_planted_groups = 4      # synthetic: planted interacting feature groups
-  c.data.path = ""                   # criteo: preprocessed shard dir; movielens: wheel cache dir
-  c.data.malformed_policy = "fail"   # criteo raw reader: fail (file:line) | skip (counted)
+  c.data.path = ""                   # criteo: shard dir (experiments/preprocess_criteo.py) or raw TSV glob(s);
+                                     # movielens: recbole wheel cache dir ("" = ~/.cache/dmt_jax)
+  c.data.malformed_policy = "fail"   # criteo raw TSV: fail (stop at file:line) | skip (counted, data/malformed_lines)
+  c.data.shuffle = True              # criteo/movielens: reshuffle the train split every epoch (seed: data.seed)
+  c.data.eval_path = ""              # criteo: separate eval data (shard dir or TSV glob); all of path is train
+  c.data.eval_last_input = False     # criteo: eval = the last input file (e.g. day_23), train = the ones before
+  c.data.eval_fraction = 0.1         # criteo: eval = the last fraction of records (else); movielens: per-user
+                                     # temporal split, the last floor(fraction * n_user) ratings of each user
   return c
 
 
@@ -118,13 +125,25 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.checkpoint_every = 5000
     c.async_checkpointing = True
     c.towers.num_towers = 8
+    if preset == "criteo_kaggle":
+      # train.txt (7 days, ~45.8M rows) preprocessed into one shard dir; eval = the last ~day (1/7).
+      c.data.path = "/data/criteo_kaggle/shards"
+      c.data.eval_fraction = 1 / 7
+    else:
+      # day_0..day_23 preprocessed into one shard dir (days in order); eval = day_23 (MLPerf's held-out day).
+      c.data.path = "/data/criteo_1tb/shards"
+      c.data.eval_last_input = True
   elif preset == "movielens":
+    # MovieLens-100K (data/movielens_source.py): 80,367 train / 19,633 eval ratings, 8 features, 5 dense.
     c.data.source = "movielens"
     c.data.embedding_dim = 16
+    c.data.eval_fraction = 0.2
     c.batch_size = 512
-    c.num_train_steps = 800
-    c.eval_batch_size = 2048
+    c.num_train_steps = 400            # ~2.5 epochs; longer overfits (eval NE rises after ~3 epochs)
+    c.eval_batch_size = 4904           # 4 batches = 19,616 of the 19,633 eval ratings
+    c.num_eval_batches = 0
     c.eval_every = 200
+    c.checkpoint_every = 0             # only the final checkpoint
     c.embedding_learning_rate = 0.05
   else:
     raise ValueError(f"unknown config arg {preset!r}; choose one of {PRESETS}")
@@ -147,5 +166,10 @@ def get_config(model: str, mode: str, arg: str | None) -> ml_collections.ConfigD
     if leaf not in node:
       raise KeyError(f"config arg names unknown field {k!r}")
     old = node[leaf]
-    node[leaf] = type(old)(v) if not isinstance(old, (tuple, list)) else tuple(type(old[0])(x) for x in v.split("/"))
+    if isinstance(old, bool):  # bool("False") is True
+      if v.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config arg {k}={v!r}: expected true or false")
+      node[leaf] = v.lower() in ("true", "1")
+    else:
+      node[leaf] = type(old)(v) if not isinstance(old, (tuple, list)) else tuple(type(old[0])(x) for x in v.split("/"))
   return c

@@ -138,12 +138,16 @@ def build_experiment(config, process_index: int = 0, num_processes: int = 1, dev
 
 # --- state -------------------------------------------------------------------------------------
 
-def init_state(exp: Experiment, seed: int):
-  """Initial train state; tables are drawn per table, independent of the sharding plan."""
+def init_state(exp: Experiment, seed: int, tables=None):
+  """Initial train state; tables are drawn per table, independent of the sharding plan.
+
+  ``tables``: optional ready physical blocks ``[N, R_local, W]`` (e.g. drawn on device by benchmarks).
+  """
   key = jax.random.key(seed)
   k_tab, k_dense, k_tower = jax.random.split(key, 3)
   eng, fs, mesh = exp.engine, exp.fs, exp.mesh
-  tables = eng.tables_from_logical(eng.init_logical(k_tab))
+  if tables is None:
+    tables = eng.tables_from_logical(eng.init_logical(k_tab))
   table_opt = eng.init_optimizer_state(tables)
   Fp = eng.output_features(exp.tower_vectors)
   dense = exp.model.init(k_dense, jnp.zeros((1, fs.num_dense)), jnp.zeros((1, Fp, fs.uniform_dim())))["params"]
@@ -199,7 +203,8 @@ def make_train_step(exp: Experiment, state_sh):
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(g_params, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    tables, table_opt = eng.update(state["tables"], state["table_opt"], routed, g_rows)
+    update = eng.update if exp.config.embedding_update == "sparse" else eng.update_dense
+    tables, table_opt = update(state["tables"], state["table_opt"], routed, g_rows)
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
            "tables": tables, "table_opt": table_opt}
     if skip_nonfinite:
@@ -258,6 +263,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from dmt_jax import checkpoint as ckpt_lib
   from dmt_jax.metrics_writer import MetricsWriter
   pidx, pcount = jax.process_index(), jax.process_count()
+  stop = ckpt_lib.PreemptionFlag.install()   # early: a SIGTERM during start-up saves after one step
   exp = build_experiment(config, pidx, pcount)
   writer = MetricsWriter(workdir, enabled=pidx == 0)
   writer.write_config(config)
@@ -270,7 +276,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   last_eval: dict = {}
   num_steps = int(config.num_train_steps)
   progress = writer.progress(start, num_steps)
-  stop = ckpt_lib.PreemptionFlag.install()
 
   def check(step, out, where):
     if int(out["overflow"]):
@@ -302,10 +307,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
       manager.save(done, state, force=stop.is_set() or done == num_steps)
     if stop.is_set():
       progress.close()
-      manager.wait()
+      manager.close()
       writer.close()
-      raise ckpt_lib.Preempted(f"preempted at step {done}; checkpoint saved, re-run the same command to resume")
+      raise ckpt_lib.Preempted(f"preempted (SIGTERM) at step {done}: checkpoint {done} saved under "
+                               f"{manager.directory}; re-run the same command to resume")
   progress.close()
-  manager.wait()
+  manager.close()
   writer.close()
   return last_eval
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+  """``--mode=eval``: restores checkpoint ``step`` (default: the latest complete one) of ``workdir``
+  onto ``config``'s mesh (resharding if it was saved on another), runs the eval set and appends one
+  ``eval/*`` line with the checkpoint's step to ``metrics.jsonl``. Returns the eval metrics plus
+  ``"step"``."""
+  from dmt_jax import checkpoint as ckpt_lib
+  from dmt_jax.metrics_writer import MetricsWriter
+  exp = build_experiment(config, jax.process_index(), jax.process_count())
+  directory = os.path.join(workdir, "checkpoints")
+  if step is None:
+    step = ckpt_lib.latest_complete_step(directory)
+    if step is None:
+      raise ckpt_lib.CheckpointError(f"--mode=eval: no complete checkpoint under {directory}")
+  manager = ckpt_lib.CheckpointManager(directory, exp, config)
+  state = manager.restore(int(step))
+  result = evaluate(exp, make_eval_step(exp), state)
+  MetricsWriter(workdir, enabled=jax.process_index() == 0).write(int(step), {f"eval/{k}": v for k, v in result.items()})
+  manager.close()
+  return {**result, "step": int(step)}

@@ -209,5 +209,7 @@ def test_replicas_stay_equal():
   for m in ("1x8", "2x4", "4x2"):
     nb = run_case(f"{m}-data_parallel")["new_blocks"]
     assert all(np.array_equal(nb[0], nb[p]) for p in range(1, N)), m
-  nb = run_case("2x4-row_wise-device")["new_blocks"].reshape(2, 4, *run_case("2x4-row_wise-device")["new_blocks"].shape[1:])
+  nb = run_case("2x4-row_wise-device")["new_blocks"]       # routed over "device", replicated over "host"
+  nb = nb.reshape(2, 4, *nb.shape[1:])
   assert np.array_equal(nb[0], nb[1])
+  assert not np.array_equal(nb[0, 0], nb[0, 1])

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dmt_jax import sptt
 from dmt_jax.embedding import lookup, plan
-from dmt_jax.embedding.sparse_optim import SparseOptimizer
+from dmt_jax.embedding.sparse_optim import SparseOptimizer, dense_reference_step
 from dmt_jax.features import FeatureSet
 from dmt_jax.topology import Topology
 
@@ -171,10 +171,11 @@ class EmbeddingEngine:
     return plan.blocks_to_tables(self.layout, np.asarray(jax.device_get(blocks)), self.group_member, self.fs)
 
   def init_optimizer_state(self, blocks):
-    st = self.optimizer.init_state(blocks.shape, blocks.dtype)
-    if isinstance(st, tuple):
-      return st
-    return jax.device_put(st, self.sharding)
+    if self.optimizer.name == "sgd":
+      return ()
+    # Built sharded on device: never materialise the whole accumulator on one device.
+    make = jax.jit(lambda: self.optimizer.init_state(blocks.shape, blocks.dtype), out_shardings=self.sharding)
+    return make()
 
   def optimizer_state_to_logical(self, state) -> dict[str, np.ndarray]:
     """Accumulators in logical shape (``[V, D]`` adagrad, ``[V]`` row-wise adagrad)."""
@@ -257,6 +258,31 @@ class EmbeddingEngine:
           d = jax.lax.all_gather(d, R_axes, tiled=True)
       st = jax.tree.map(lambda x: x[0], state)
       nb, ns = opt.apply(block, st, rows, d)
+      return nb[None], jax.tree.map(_leading, ns)
+
+    s_spec = jax.tree.map(lambda _: self.spec, opt_state)
+    return self._smap(f, (self.spec, s_spec, self.spec, self.spec, self.spec), (self.spec, s_spec))(
+        blocks, opt_state, routed["lrow"], routed["key"], d_rows)
+
+  def update_dense(self, blocks, opt_state, routed, d_rows):
+    """Baseline for benchmarks: the update ``jax.grad`` w.r.t. the tables would give.
+
+    Row gradients are scattered into a dense ``[R_local, W]`` gradient per device and the optimizer
+    runs over the whole block — O(table) work per step, what the row-sparse ``update`` avoids.
+    Numerically equal to ``update`` (up to summation order).
+    """
+    R_axes = self.replica_axes
+    opt = self.optimizer
+
+    def f(block, state, lrow, key, d):
+      block, lrow, key, d = block[0], lrow[0], key[0], d[0]
+      rows = jnp.where(key >= 0, lrow, block.shape[0])
+      grad = jnp.zeros_like(block).at[rows].add(d, mode="drop")
+      if R_axes:
+        with jax.named_scope("embedding_grad_sync"):
+          grad = jax.lax.psum(grad, R_axes)
+      st = jax.tree.map(lambda x: x[0], state)
+      nb, ns = dense_reference_step(opt, block, st, grad)
       return nb[None], jax.tree.map(_leading, ns)
 
     s_spec = jax.tree.map(lambda _: self.spec, opt_state)

@@ -1,0 +1,169 @@
+"""Benchmark harness: compile, time side by side (interleaved), and compare with the physical floor.
+
+Benchmarks are measurements, not tests. Cases are compiled once, then timed in interleaved rounds
+(case A, B, C, A, B, C, ...) so that load on this shared machine hits every case alike; we report the
+median and the spread (min/max over rounds) of the per-step time.
+
+The *floor* of a step is ``max(flops / matmul_rate, bytes / memory_bandwidth)`` with both rates
+measured on this machine in the same run and the FLOPs / bytes taken from XLA's cost analysis of the
+compiled step (summed over the emulated devices, which all share this machine's cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmt_jax import train
+from dmt_jax.analysis import hlo
+
+
+@dataclasses.dataclass
+class Case:
+  name: str
+  config: Any
+  exp: Any = None
+  state: Any = None
+  step: Callable | None = None
+  batches: list = dataclasses.field(default_factory=list)
+  compile_s: float = 0.0
+  flops: float = 0.0
+  bytes_accessed: float = 0.0
+  temp_bytes: int = 0
+  argument_bytes: int = 0
+  comm: dict = dataclasses.field(default_factory=dict)
+  times: list = dataclasses.field(default_factory=list)
+
+
+def fast_state(exp):
+  """Train state with tables drawn directly on device (no host copy of the logical tables).
+
+  Benchmarks only: values differ from ``init_state``'s plan-independent tables, shapes are the same.
+  """
+  eng = exp.engine
+  shape = (exp.topology.num_devices, eng.layout.rows_local, eng.layout.width)
+  draw = jax.jit(lambda k: jax.random.uniform(k, shape, jnp.float32, -0.01, 0.01), out_shardings=eng.sharding)
+  return train.init_state(exp, 0, tables=draw(jax.random.key(0)))
+
+
+def prepare(case: Case, num_batches: int = 2) -> Case:
+  """Builds, compiles and analyses one case."""
+  exp = train.build_experiment(case.config)
+  state = fast_state(exp)
+  case.exp, case.state = exp, state
+  case.batches = [train.to_global(exp, exp.source.train_batch(i)) for i in range(num_batches)]
+  step = train.make_train_step(exp, train.state_shardings(state))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, case.batches[0]).compile()
+  case.compile_s = time.perf_counter() - t0
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  n = exp.topology.num_devices
+  case.flops = float(ca.get("flops", 0.0)) * n
+  case.bytes_accessed = float(ca.get("bytes accessed", 0.0)) * n
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    case.temp_bytes = int(getattr(mem, "temp_size_in_bytes", 0))
+    case.argument_bytes = int(getattr(mem, "argument_size_in_bytes", 0))
+  topo = exp.topology
+  gsize = topo.group_size if topo.tower_level else topo.num_devices
+  rep = hlo.comm_report(compiled.as_text(), gsize)
+  case.comm = {k: rep[k] for k in ("cross_tower_bytes", "intra_tower_bytes", "embedding_cross_tower_bytes",
+                                   "dense_sync_bytes")}
+  case.step = compiled
+  # warm-up: first call allocates, then the state is donated forward
+  case.state, out = case.step(case.state, case.batches[0])
+  jax.block_until_ready(out)
+  return case
+
+
+def run_round(case: Case, steps: int) -> float:
+  """Runs ``steps`` steps, returns seconds per step."""
+  t0 = time.perf_counter()
+  out = None
+  for i in range(steps):
+    case.state, out = case.step(case.state, case.batches[i % len(case.batches)])
+  jax.block_until_ready((case.state, out))
+  return (time.perf_counter() - t0) / steps
+
+
+def interleaved(cases: Sequence[Case], rounds: int, steps: int) -> None:
+  for _ in range(rounds):
+    for c in cases:
+      c.times.append(run_round(c, steps))
+
+
+def machine_rates(seconds: float = 1.0) -> dict:
+  """Measured f32 matmul FLOP/s (XLA on all cores) and memory bandwidth (large copy) of this machine."""
+  n = 1024
+  a = jnp.ones((n, n), jnp.float32)
+  mm = jax.jit(lambda x: x @ x)
+  mm(a).block_until_ready()
+  reps, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    mm(a).block_until_ready()
+    reps += 1
+  flops = 2 * n ** 3 * reps / (time.perf_counter() - t0)
+  big = jnp.ones((64 * 1024 * 1024 // 4,), jnp.float32)       # 64 MiB
+  cp = jax.jit(lambda x: x + 1.0)
+  cp(big).block_until_ready()
+  reps, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    cp(big).block_until_ready()
+    reps += 1
+  bw = 2 * big.nbytes * reps / (time.perf_counter() - t0)    # read + write
+  return {"matmul_flops_per_s": flops, "memory_bytes_per_s": bw}
+
+
+def summarize(case: Case, rates: dict) -> dict:
+  t = sorted(case.times)
+  med = statistics.median(t)
+  # Compute floor: the step's FLOPs at this machine's measured matmul rate (a lower bound). XLA's
+  # "bytes accessed" counts every op's operands and over-states traffic, so memory time is reported
+  # as an upper estimate, not used as a floor.
+  floor = case.flops / rates["matmul_flops_per_s"]
+  mem_est = case.bytes_accessed / rates["memory_bytes_per_s"]
+  return {
+      "name": case.name,
+      "step_ms_median": 1e3 * med,
+      "step_ms_min": 1e3 * t[0],
+      "step_ms_max": 1e3 * t[-1],
+      "examples_per_s": case.config.batch_size / med,
+      "compile_s": case.compile_s,
+      "gflops_per_step": case.flops / 1e9,
+      "gbytes_per_step": case.bytes_accessed / 1e9,
+      "floor_ms": 1e3 * floor,
+      "mem_traffic_est_ms": 1e3 * mem_est,
+      "x_floor": med / floor if floor > 0 else float("nan"),
+      "temp_mib_per_device": case.temp_bytes / 2 ** 20,
+      "argument_mib_per_device": case.argument_bytes / 2 ** 20,
+      **{f"comm/{k}": v for k, v in case.comm.items()},
+  }
+
+
+def peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def markdown_table(rows: list[dict], keys: Sequence[str]) -> str:
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+  out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+  for r in rows:
+    out.append("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |")
+  return "\n".join(out)
+
+
+def release(case: Case) -> None:
+  case.state = case.step = None
+  case.batches = []
+  case.exp = None
