@@ -117,16 +117,25 @@ def make_mesh(topology: Topology, devices: Sequence[jax.Device] | None = None) -
 
 
 def check_groups_within_processes(topology: Topology, mesh: Mesh) -> None:
-  """A tower group must live inside one process (one host) — its lookups use the fast links."""
+  """A tower group must live inside one process (one host) — its lookups use the fast links.
+
+  Checked on the devices' ``process_index``, not on level names: a tower level above ``host`` (e.g.
+  ``rack``) is fine while its group (the levels below it) is the devices of one process.
+  """
   if topology.tower_level is None:
     return
-  procs = np.vectorize(lambda d: d.process_index)(mesh.devices).reshape(-1, topology.group_size)
+  flat = np.vectorize(lambda d: d.process_index)(mesh.devices)
+  procs = flat.reshape(-1, topology.group_size)
   for g, row in enumerate(procs):
     if len(set(row.tolist())) > 1:
+      per = int(np.sum(flat == flat.flat[0]))
+      nproc = len(set(flat.ravel().tolist()))
       raise ValueError(
           f"tower group {g} (level {topology.tower_level!r}) spans processes {sorted(set(row.tolist()))}: "
-          f"its local axes {topology.local_axes} must be devices of one host. Use a tower level at or "
-          f"above the host level, or give each process group_size={topology.group_size} devices")
+          f"its local axes {topology.local_axes} ({topology.group_size} devices) must be devices of one "
+          f"process (host), but processes have {per} devices each. Make the levels below the tower level "
+          f"fit in one process, e.g. topology 'host={nproc},device={per}' with tower_level 'host' "
+          f"(host_level_topology), or pick a lower tower level")
 
 
 def host_level_topology(num_processes: int, devices_per_process: int,

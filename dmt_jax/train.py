@@ -271,6 +271,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sh = state_shardings(state)
   manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"), exp, config, writer)
   state, start = manager.restore_latest(state)
+  # Data-source counters (e.g. Criteo "data/malformed_lines"): logged once, returned with the eval metrics.
+  data_stats = exp.source.stats() if hasattr(exp.source, "stats") else {}
+  if data_stats:
+    writer.write(start, data_stats)
   train_step, eval_step = make_train_step(exp, sh), make_eval_step(exp)
   tput = metrics_lib.Throughput(window=max(1, int(config.log_every)))
   last_eval: dict = {}
@@ -314,7 +318,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   progress.close()
   manager.close()
   writer.close()
-  return last_eval
+  return {**last_eval, **data_stats}
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
