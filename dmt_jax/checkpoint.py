@@ -30,6 +30,7 @@ count and assignment stay the same. Changing them (or flat <-> DMT) goes through
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -112,6 +113,25 @@ def complete_steps(directory: str) -> list[int]:
     if all(os.path.exists(os.path.join(d, x)) for x in (COMMIT_FILE, STATE, META)):
       steps.append(int(name))
   return sorted(steps)
+
+
+def quarantine_incomplete(directory: str) -> list[str]:
+  """Renames step folders that lack the commit marker or an item to ``<step>.incomplete-<n>`` (orbax
+  would otherwise list them and refuse to save that step again). Data is kept, never deleted.
+  Orbax temporaries (``<step>.orbax-checkpoint-tmp-*``) are left alone: they are never listed."""
+  moved = []
+  if not os.path.isdir(directory):
+    return moved
+  complete = set(complete_steps(directory))
+  for name in sorted(os.listdir(directory)):
+    d = os.path.join(directory, name)
+    if name.isdigit() and os.path.isdir(d) and int(name) not in complete:
+      n = 0
+      while os.path.exists(f"{d}.incomplete-{n}"):
+        n += 1
+      os.rename(d, f"{d}.incomplete-{n}")
+      moved.append(f"{d}.incomplete-{n}")
+  return moved
 
 
 def latest_complete_step(directory: str) -> int | None:
@@ -444,6 +464,12 @@ class CheckpointManager:
   def __init__(self, directory: str, exp, config, writer=None):
     self.directory = os.path.abspath(directory)
     self.exp, self.config, self.writer = exp, config, writer
+    if jax.process_index() == 0:
+      for d in quarantine_incomplete(self.directory):
+        logging.warning("checkpoint folder without commit marker moved aside (never restored): %s", d)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("dmt_jax.checkpoint.quarantine")
     self.manager = _open_manager(self.directory, config)
     self.meta = {"format": FORMAT, "config": config_to_dict(config), "layout": layout_signature(exp)}
 
@@ -482,3 +508,73 @@ class CheckpointManager:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+def _flat_names(prefix: str, tree) -> dict[str, np.ndarray]:
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    out["/".join([prefix, *keys])] = np.asarray(x)
+  return out
+
+
+def export_arrays(exp, logical: dict) -> tuple[dict[str, np.ndarray], dict]:
+  """Unsharded inference parameters of a logical state: ``(arrays, model_info)``.
+
+  ``arrays`` (numpy, float32):
+    ``embedding/<table>``   [rows, dim]   one per table (features name their table in ``model_info``)
+    ``dense/<path>``        the over-arch's flax params, e.g. ``dense/bottom_mlp/dense_0/kernel`` [in, out],
+                            ``.../bias`` [out]; DCN: ``dense/cross_<i>/{v,u,w}/...``, ``dense/logit/...``
+    ``towers/<path>``       DMT tower modules stacked over towers, e.g. ``towers/proj/kernel`` [T, in, out]
+  ``model_info`` (JSON-safe): ``config`` (the full config dict), ``step``, ``features``
+  ([{name, table, max_bag, pooling}] in slot order), ``tables``, ``num_dense``, ``towers`` (per tower the
+  feature indices; tower t's input is its features' pooled vectors in that order, zero-padded to
+  ``features_per_tower``), ``tower_vectors`` (K outputs per tower), ``shapes`` {name: shape}.
+
+  Inference: pool each feature's rows (sum, or mean over real ids), ``emb [B, F, D]``; flat:
+  ``logits = over_arch(dense, emb)``; DMT: ``over_arch(dense, concat_t(tower_t(emb[:, towers[t]])))``
+  (``[B, T*K, D]``; identity towers: ``emb`` itself).
+  """
+  fs, eng = exp.fs, exp.engine
+  arrays = {f"embedding/{k}": np.asarray(v, np.float32) for k, v in logical["tables"].items()}
+  arrays.update(_flat_names("dense", logical["params"]["dense"]))
+  if logical["params"].get("towers"):
+    arrays.update(_flat_names("towers", logical["params"]["towers"]))
+  info = {
+      "format": "dmt_jax.export/1", "config": config_to_dict(exp.config), "step": int(logical["step"]),
+      "mode": exp.config.mode, "model": exp.config.model.name, "num_dense": int(fs.num_dense),
+      "features": [{"name": f.name, "table": f.table, "max_bag": int(f.max_bag), "pooling": f.pooling}
+                   for f in fs.features],
+      "tables": {t.name: [int(t.vocab_size), int(t.dim)] for t in fs.tables},
+      "towers": None if eng.tl is None or exp.config.mode != "dmt" else [list(map(int, t)) for t in eng.tl.towers],
+      "features_per_tower": None if eng.tl is None else int(eng.tl.f_t),
+      "tower_module": exp.config.towers.module if exp.config.mode == "dmt" else None,
+      "tower_vectors": int(exp.tower_vectors),
+      "shapes": {k: list(v.shape) for k, v in arrays.items()},
+  }
+  return arrays, info
+
+
+def export_checkpoint(config, workdir: str, output: str, step: int | None = None) -> tuple[str, str]:
+  """Writes checkpoint ``step`` (default latest) of ``workdir`` as ``output`` (.npz, no pickles) plus
+  ``<output without .npz>.json`` (``model_info`` of ``export_arrays``). Returns both paths.
+
+  ``config`` is only a fallback: the config saved with the checkpoint decides the model.
+  """
+  directory = checkpoint_root(workdir)
+  step = _resolve_step(directory, step)
+  config_dict, logical = load_logical(directory, step)
+  exp = experiment_for_layout(config_dict if config_dict else config)
+  arrays, info = export_arrays(exp, logical)
+  out = output if output.endswith(".npz") else output + ".npz"
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = out + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, out)
+  js = out[:-4] + ".json"
+  with open(js + ".tmp", "w") as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+  os.replace(js + ".tmp", js)
+  return out, js

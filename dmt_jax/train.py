@@ -89,6 +89,8 @@ def default_towers(rule: str, num_features: int, num_towers: int) -> list[list[i
 
 def build_experiment(config, process_index: int = 0, num_processes: int = 1, devices=None) -> Experiment:
   """Builds mesh, data source, embedding engine, model and optimizers from a config."""
+  from dmt_jax.config_check import validate_config
+  validate_config(config)
   topo = Topology.from_string(config.topology, config.tower_level or None)
   mesh = make_mesh(topo, devices)
   n = topo.num_devices

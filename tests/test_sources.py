@@ -235,6 +235,7 @@ def _tiny_criteo(name, path, steps=4, **kw):
   model, mode = name.split("_")[1], name.split("_")[0]
   c = config_base.get_config(model, mode, "tiny")
   c.data.source, c.data.path, c.data.vocab_sizes = "criteo", str(path), (VOCAB,)
+  c.data.malformed_policy = "skip"
   c.data.eval_fraction, c.eval_batch_size, c.num_eval_batches = 0.25, 64, 0
   c.num_train_steps, c.eval_every, c.checkpoint_every = steps, 0, 0
   c.update(kw)

@@ -1,0 +1,478 @@
+"""Flat vs DMT training steps across a real, rate-limited link between two emulated hosts.
+
+  sudo python experiments/slow_link_benchmark.py --quick --output_dir=/tmp/slowlink_quick
+  sudo nice -n 5 python experiments/slow_link_benchmark.py --output_dir=/tmp/slowlink   # full sweep
+
+Needs root, ``ip netns`` and ``tc`` (see ``dmt_jax/analysis/netem.py``). The parent creates two network
+namespaces joined by a veth pair (10.213.0.1 <-> 10.213.0.2, addresses that exist only there) with a
+``tbf`` token-bucket cap on both ends (plus ``netem`` delay with ``--delay_ms`` where the kernel has
+it), and per-namespace ``/etc/netns/<ns>/hosts`` mapping this machine's hostname to the namespace's
+address (gloo binds to it). It starts two JAX processes with ``ip netns exec``, one per namespace, each
+with 4 fake CPU devices: topology ``host=2,device=4``, tower level ``host``, coordinator at namespace
+A's address. Devices inside a process exchange at memory speed; everything between the processes
+crosses the capped veth. Everything created is removed at the end (also on failure / Ctrl-C).
+
+The children build every case once (``train.build_experiment``, ``bench.fast_state``,
+``train.make_train_step``, compiled AOT; the HLO gives the communication report), then the parent
+steps through the link settings: for each it sets the cap and tells both children (stdin) to measure:
+
+* ``link``: a cross-host ``all_to_all`` over the ``host`` axis (each device sends half of an
+  S-byte buffer to its peer on the other host): achieved bytes/s per direction of the veth.
+* ``fast``: an ``all_to_all`` over the ``device`` axis inside one process (each device sends 3/4 of
+  the same S bytes to its 3 neighbours), no network: the fast, intra-host bytes/s.
+  S = one device's pooled embeddings ``[B/8, 26, D]`` f32, the message size of the flat lookup.
+  fast/slow ratio = per-device bytes/s inside the host / per-device bytes/s across the link.
+* every case: ``--repeats`` rounds (case order rotated every round) of one untimed step and
+  ``--steps`` steps each timed to ``block_until_ready``.
+
+A ``local`` reference runs both processes in one namespace (same processes, same cores, no veth):
+cross-host share of a step at a setting = (step - local step) / step. Finally (``--auc_steps``) it trains
+flat and DMT once without any link emulation with ``experiments/main.py`` and reports the eval AUCs.
+
+Writes ``slowlink.json``, ``slowlink.md`` and ``slowlink.png`` under ``--output_dir`` and prints the
+command line. Internal: ``--child`` runs one timing process (started by the parent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("output_dir", "/tmp/dmt_slowlink", "Where JSON, markdown and the plot go.")
+flags.DEFINE_bool("quick", False, "Small model, 2 link speeds, few steps (a few minutes).")
+flags.DEFINE_list("speeds", ["100", "250", "500", "1000", "2000", "0"],
+                  "Link caps in Mbit/s per direction; 0 = veth without cap.")
+flags.DEFINE_list("cases", ["flat_tw", "flat_rw", "flat_twrw", "dmt_c4", "dmt_c1"],
+                  "Cases: flat_tw, flat_rw, flat_twrw, flat_cw, dmt_c<k>.")
+flags.DEFINE_integer("repeats", 3, "Rounds per link setting (case order rotated each round).")
+flags.DEFINE_integer("steps", 4, "Timed steps per case per round.")
+flags.DEFINE_float("delay_ms", 0.0, "One-way added delay per direction (needs the netem qdisc).")
+flags.DEFINE_bool("local_reference", True, "Also time all cases with both processes in one namespace.")
+flags.DEFINE_integer("batch_size", 2048, "Global batch (8 devices).")
+flags.DEFINE_integer("vocab", 50_000, "Rows per table (26 tables).")
+flags.DEFINE_integer("dim", 64, "Embedding dim.")
+flags.DEFINE_list("bottom_mlp", ["256", "64"], "Bottom MLP widths (last = dim).")
+flags.DEFINE_list("top_mlp", ["256", "128", "1"], "Top MLP widths (last = 1).")
+flags.DEFINE_integer("auc_steps", 300, "Steps of the flat/DMT AUC runs (tiny preset); 0 = skip.")
+flags.DEFINE_integer("timeout_s", 1800, "Give up on a phase (start-up or one link setting) after this.")
+flags.DEFINE_bool("child", False, "Internal: run one timing process.")
+flags.DEFINE_string("coordinator_address", None, "Internal (child).")
+flags.DEFINE_integer("process_id", 0, "Internal (child).")
+FLAGS = flags.FLAGS
+
+TAG = "@@"            # child -> parent protocol lines: TAG + JSON
+NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 4
+SCRIPT = os.path.abspath(__file__)
+REPO = os.path.dirname(os.path.dirname(SCRIPT))
+
+
+# --- configuration (shared by parent and children) -------------------------------------------------
+
+def model_config(case: str, batch: int, vocab: int, dim: int, bottom, top):
+  """The one benchmark model (DLRM, 26 tables) in flat or DMT form."""
+  from dmt_jax import config_base
+  mode = "dmt" if case.startswith("dmt") else "flat"
+  c = config_base.get_config("dlrm", mode, "medium")
+  c.topology, c.tower_level = "host=2,device=4", "host"
+  c.data.vocab_sizes = (int(vocab),) * 26
+  c.data.max_bags = (1,) * 26
+  c.data.embedding_dim = int(dim)
+  c.model.bottom_mlp = tuple(int(x) for x in bottom)
+  c.model.top_mlp = tuple(int(x) for x in top)
+  c.batch_size = int(batch)
+  c.eval_batch_size = int(batch)
+  if mode == "dmt":
+    c.sharding = "table_wise"                       # inside the tower group (one host)
+    c.towers.num_towers = 2
+    c.towers.compression = float(case.split("_c")[1])
+  else:
+    c.sharding = {"flat_tw": "table_wise", "flat_rw": "row_wise", "flat_twrw": "table_row_wise",
+                  "flat_cw": "column_wise"}[case]
+  return c
+
+
+def settings():
+  """Model sizes, speeds and counts after ``--quick``."""
+  s = dict(batch=FLAGS.batch_size, vocab=FLAGS.vocab, dim=FLAGS.dim, bottom=FLAGS.bottom_mlp,
+           top=FLAGS.top_mlp, speeds=[float(x) for x in FLAGS.speeds], repeats=FLAGS.repeats,
+           steps=FLAGS.steps, cases=list(FLAGS.cases))
+  if FLAGS.quick:
+    s.update(batch=1024, vocab=20_000, speeds=[250.0, 1000.0], repeats=2, steps=2)
+  return s
+
+
+# --- child: one JAX process ------------------------------------------------------------------------
+
+def emit(obj) -> None:
+  sys.stdout.write(TAG + json.dumps(obj) + "\n")
+  sys.stdout.flush()
+
+
+def _a2a_probe(mesh, axis: str, nbytes: int, reps: int = 5) -> float:
+  """Median seconds of an ``all_to_all`` over ``axis`` of an ``nbytes`` f32 buffer per device."""
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  n = mesh.shape[axis]
+  per = max(n, nbytes // 4 // n * n)
+  spec = P(tuple(mesh.axis_names))
+  f = jax.jit(jax.shard_map(lambda x: jax.lax.all_to_all(x, axis, 0, 0, tiled=True), mesh=mesh,
+                            in_specs=spec, out_specs=spec))
+  x = jax.make_array_from_callback((mesh.size * per,), NamedSharding(mesh, spec),
+                                   lambda idx: np.ones((per,), np.float32))
+  f(x).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(x).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def child_main() -> None:
+  import jax
+  jax.config.update("jax_num_cpu_devices", DEVICES_PER_PROCESS)
+  from dmt_jax import distributed
+  distributed.initialize(FLAGS.coordinator_address, NUM_PROCESSES, FLAGS.process_id,
+                         heartbeat_timeout_s=120, initialization_timeout_s=300)
+  import numpy as np
+  from jax.experimental import multihost_utils
+  from dmt_jax import train
+  from dmt_jax.analysis import bench, hlo
+  s = settings()
+  pidx, pcount = jax.process_index(), jax.process_count()
+  cases = {}
+  for name in s["cases"]:
+    cfg = model_config(name, s["batch"], s["vocab"], s["dim"], s["bottom"], s["top"])
+    exp = train.build_experiment(cfg, pidx, pcount)
+    state = bench.fast_state(exp)
+    batches = [train.to_global(exp, exp.source.train_batch(i)) for i in range(2)]
+    t0 = time.perf_counter()
+    compiled = train.make_train_step(exp, train.state_shardings(state)).lower(state, batches[0]).compile()
+    compile_s = time.perf_counter() - t0
+    rep = hlo.comm_report(compiled.as_text(), exp.topology.group_size)
+    state, out = compiled(state, batches[0])
+    jax.block_until_ready(out)
+    cases[name] = {"step": compiled, "state": state, "batches": batches}
+    if pidx == 0:
+      emit({"event": "built", "case": name, "compile_s": compile_s,
+            "comm": {k: rep[k] for k in ("cross_tower_bytes", "intra_tower_bytes",
+                                         "embedding_cross_tower_bytes", "dense_sync_bytes")},
+            "comm_by_role": rep["bytes_by_role"],
+            "remote_a2a_bytes": remote_all_to_all_bytes(rep["collectives"], exp.topology.group_size)})
+  mesh = next(iter(cases.values()))["state"]["tables"].sharding.mesh
+  probe_bytes = s["batch"] // (NUM_PROCESSES * DEVICES_PER_PROCESS) * 26 * s["dim"] * 4
+  emit({"event": "ready", "process": pidx})
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] == "quit":
+      break
+    multihost_utils.sync_global_devices(f"setting {cmd['label']}")
+    t_link = _a2a_probe(mesh, "host", probe_bytes)
+    t_fast = _a2a_probe(mesh, "device", probe_bytes)
+    names = list(cases)
+    times = {n: [] for n in names}
+    for r in range(cmd["repeats"]):
+      k = r % len(names)
+      for n in names[k:] + names[:k]:
+        c = cases[n]
+        c["state"], out = c["step"](c["state"], c["batches"][1])     # untimed: settle after switching
+        jax.block_until_ready(out)
+        for i in range(cmd["steps"]):
+          t0 = time.perf_counter()
+          c["state"], out = c["step"](c["state"], c["batches"][i % 2])
+          jax.block_until_ready(out)
+          times[n].append(time.perf_counter() - t0)
+    if pidx == 0:
+      emit({"event": "result", "label": cmd["label"], "probe_bytes": probe_bytes,
+            "link_a2a_s": t_link, "fast_a2a_s": t_fast, "times": times})
+    emit({"event": "done", "process": pidx, "label": cmd["label"]})
+  del np
+
+
+def remote_all_to_all_bytes(collectives, group_size: int) -> int:
+  """Per-device all-to-all bytes that leave the host: operand bytes x (remote members / members)."""
+  total = 0.0
+  for c in collectives:
+    if c["op"] != "all-to-all" or c["scope"] != "cross_tower":
+      continue
+    g = next(g for g in c["groups"] if g)
+    me = g[0] // group_size
+    total += c["bytes"] * sum(1 for p in g if p // group_size != me) / len(g)
+  return int(total)
+
+
+# --- parent ----------------------------------------------------------------------------------------
+
+class Children:
+  """The two timing processes of one placement, their stdin and their tagged stdout lines."""
+
+  def __init__(self, link, ends, log):
+    self.log = log
+    port = 29500 + os.getpid() % 1000
+    coord = f"{link.address('a')}:{port}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    args = [a for a in sys.argv[1:] if not a.startswith(("--child", "--coordinator_address",
+                                                          "--process_id", "--output_dir"))]
+    self.procs = []
+    for i, end in enumerate(ends):
+      cmd = link.exec_prefix(end) + [sys.executable, "-u", SCRIPT, *args, "--child",
+                                     f"--coordinator_address={coord}", f"--process_id={i}"]
+      self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, cwd=REPO, env=env, text=True,
+                                         bufsize=1, start_new_session=True))
+    self._buf = {p.stdout.fileno(): "" for p in self.procs}
+
+  def messages(self, until, timeout_s):
+    """Yields tagged messages until ``until(msg)`` has been true once per process."""
+    pending = set(range(len(self.procs)))
+    deadline = time.monotonic() + timeout_s
+    fds = {p.stdout.fileno(): i for i, p in enumerate(self.procs)}
+    while pending:
+      if time.monotonic() > deadline:
+        raise TimeoutError(f"children did not finish within {timeout_s} s")
+      for i, p in enumerate(self.procs):
+        if p.poll() is not None and p.returncode != 0:
+          raise RuntimeError(f"child {i} exited with status {p.returncode} (see the log)")
+      ready, _, _ = select.select(list(fds), [], [], 1.0)
+      for fd in ready:
+        data = os.read(fd, 1 << 16).decode(errors="replace")
+        if not data:
+          fds.pop(fd)
+          continue
+        self._buf[fd] += data
+        *lines, self._buf[fd] = self._buf[fd].split("\n")
+        for line in lines:
+          self.log.write(f"[p{fds[fd]}] {line}\n")
+          if line.startswith(TAG):
+            msg = json.loads(line[len(TAG):])
+            if until(msg):
+              pending.discard(msg.get("process", fds[fd]))
+            yield msg
+      self.log.flush()
+
+  def send(self, obj) -> None:
+    for p in self.procs:
+      p.stdin.write(json.dumps(obj) + "\n")
+      p.stdin.flush()
+
+  def close(self) -> None:
+    for p in self.procs:
+      try:
+        if p.poll() is None:
+          p.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+          p.stdin.flush()
+      except (BrokenPipeError, OSError):
+        pass
+    deadline = time.monotonic() + 60
+    for p in self.procs:
+      try:
+        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        p.wait()
+
+
+def run_placement(link, ends, speeds, s, log, record) -> None:
+  """Starts the two children on ``ends`` (("a", "b") or ("a", "a")), measures every speed."""
+  kids = Children(link, ends, log)
+  try:
+    for msg in kids.messages(lambda m: m.get("event") == "ready", FLAGS.timeout_s):
+      if msg.get("event") == "built":
+        record["cases"].setdefault(msg["case"], {}).update(
+            {k: v for k, v in msg.items() if k not in ("event", "case")})
+        print(f"[slowlink] built {msg['case']} ({msg['compile_s']:.0f} s compile)", file=sys.stderr, flush=True)
+    for speed in speeds:
+      label = "local" if ends[0] == ends[1] else ("unthrottled" if speed <= 0 else f"{speed:g}")
+      if ends[0] != ends[1]:
+        link.set_rate(None if speed <= 0 else speed, FLAGS.delay_ms)
+      print(f"[slowlink] measuring {label}", file=sys.stderr, flush=True)
+      t0 = time.perf_counter()
+      kids.send({"cmd": "measure", "label": label, "repeats": s["repeats"], "steps": s["steps"]})
+      for msg in kids.messages(lambda m: m.get("event") == "done", FLAGS.timeout_s):
+        if msg.get("event") == "result":
+          msg.update(mbit=speed if ends[0] != ends[1] else None, qdisc=link.qdisc_text(),
+                     wall_s=time.perf_counter() - t0)
+          record["settings"].append(msg)
+          print(f"[slowlink] {label}: " + ", ".join(
+              f"{n} {1e3 * statistics.median(t):.0f} ms" for n, t in msg["times"].items()),
+                file=sys.stderr, flush=True)
+  finally:
+    kids.close()
+
+
+def run_auc(steps: int, out_dir: str) -> dict:
+  """Trains flat TW, DMT c=4 and DMT c=1 (tiny preset, 2x4 mesh, one process) and reads eval AUC."""
+  runs = {"flat_tw": ("flat_dlrm.py:tiny", ["--config.sharding=table_wise"]),
+          "dmt_c4": ("dmt_dlrm.py:tiny", ["--config.towers.compression=4", "--config.towers.num_towers=2"]),
+          "dmt_c1": ("dmt_dlrm.py:tiny", ["--config.towers.compression=1", "--config.towers.num_towers=2"])}
+  result = {}
+  for name, (cfg, over) in runs.items():
+    wd = os.path.join(out_dir, f"auc_{name}")
+    subprocess.run(["rm", "-rf", wd], check=True)
+    cmd = [sys.executable, "experiments/main.py", f"--config=experiments/configs/{cfg}", f"--workdir={wd}",
+           f"--config.num_train_steps={steps}", "--config.checkpoint_every=0", *over]
+    print(f"[slowlink] AUC run: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    if r.returncode != 0:
+      result[name] = {"error": r.stderr[-2000:], "command": " ".join(cmd)}
+      continue
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+      evals = [m for m in map(json.loads, f) if "eval/auc" in m]
+    result[name] = {"command": " ".join(cmd), "step": evals[-1]["step"], "auc": evals[-1]["eval/auc"],
+                    "ne": evals[-1].get("eval/ne")}
+  return result
+
+
+def summarize(record) -> list[dict]:
+  """One row per link setting: bandwidths, ratio, step times, speedup, cross-host share."""
+  local = next((x for x in record["settings"] if x["label"] == "local"), None)
+  rows = []
+  for x in record["settings"]:
+    b = x["probe_bytes"]
+    per_dev_link = b / 2 / x["link_a2a_s"]          # half the buffer goes to the remote peer
+    per_dev_fast = b * 3 / 4 / x["fast_a2a_s"]      # 3/4 to the three local neighbours
+    row = {"label": x["label"], "mbit": x["mbit"],
+           "link_MBps": DEVICES_PER_PROCESS * per_dev_link / 1e6,   # per direction, all 4 devices
+           "fast_MBps": DEVICES_PER_PROCESS * per_dev_fast / 1e6,
+           "fast_slow_ratio": per_dev_fast / per_dev_link}
+    med = {}
+    for n, t in x["times"].items():
+      med[n] = statistics.median(t)
+      row[n] = {"median_ms": 1e3 * med[n], "min_ms": 1e3 * min(t), "max_ms": 1e3 * max(t), "n": len(t)}
+    flats = {n: v for n, v in med.items() if n.startswith("flat")}
+    if flats:
+      best = min(flats, key=flats.get)
+      row["best_flat"] = best
+      if "dmt_c4" in med:
+        row["dmt_c4_speedup"] = flats[best] / med["dmt_c4"]
+      if local is not None and x is not local:
+        lt = statistics.median(local["times"][best])
+        row["cross_host_share_best_flat"] = max(0.0, (flats[best] - lt) / flats[best])
+    rows.append(row)
+  return rows
+
+
+def markdown(rows, cases) -> str:
+  head = ["link Mbit/s", "measured link MB/s", "fast/slow"] + [f"{c} ms" for c in cases] + [
+      "dmt_c4 vs best flat", "cross-host share (best flat)"]
+  out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [r["label"], f"{r['link_MBps']:.1f}" if r["label"] != "local" else "(no link)",
+             f"{r['fast_slow_ratio']:.1f}" if r["label"] != "local" else "-"]
+    for c in cases:
+      v = r.get(c)
+      cells.append(f"{v['median_ms']:.0f} [{v['min_ms']:.0f}–{v['max_ms']:.0f}]" if v else "")
+    sp = r.get("dmt_c4_speedup")
+    cells.append(f"{sp:.2f}x (vs {r['best_flat']})" if sp else "")
+    sh = r.get("cross_host_share_best_flat")
+    cells.append(f"{100 * sh:.0f}%" if sh is not None else "")
+    out.append("| " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
+def plot(rows, cases, path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  link = [r for r in rows if r["mbit"]]
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for c in cases:
+    xs = [r["mbit"] for r in link if c in r]
+    ys = [r[c]["median_ms"] for r in link if c in r]
+    lo = [r[c]["median_ms"] - r[c]["min_ms"] for r in link if c in r]
+    hi = [r[c]["max_ms"] - r[c]["median_ms"] for r in link if c in r]
+    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=c)
+  for r in rows:
+    if r["label"] in ("local", "unthrottled") and "dmt_c4" in r:
+      ax.axhline(r["dmt_c4"]["median_ms"], ls=":" if r["label"] == "local" else "--", color="gray", lw=0.8)
+  ax.set(xscale="log", yscale="log", xlabel="link cap, Mbit/s per direction", ylabel="step time, ms (median, min-max)",
+         title="train step vs link speed (2 hosts x 4 CPU devices)")
+  ax.legend(fontsize=8)
+  sp = [r for r in link if "dmt_c4_speedup" in r]
+  ax2.plot([r["fast_slow_ratio"] for r in sp], [r["dmt_c4_speedup"] for r in sp], marker="o")
+  for r in sp:
+    ax2.annotate(f"{r['mbit']:g}", (r["fast_slow_ratio"], r["dmt_c4_speedup"]), fontsize=7)
+  ax2.axhline(1.9, ls="--", color="red", lw=0.8, label="1.9x (paper)")
+  ax2.axhline(1.0, color="gray", lw=0.8)
+  ax2.set(xscale="log", xlabel="measured fast/slow bandwidth ratio", ylabel="DMT c=4 speedup over best flat",
+          title="speedup vs bandwidth ratio (labels: Mbit/s)")
+  ax2.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def parent_main() -> int:
+  from dmt_jax.analysis import netem
+  ok, why = netem.netns_supported()
+  if not ok:
+    print(f"slow_link_benchmark: cannot emulate the link: {why}", file=sys.stderr)
+    return 2
+  s = settings()
+  out_dir = FLAGS.output_dir
+  os.makedirs(out_dir, exist_ok=True)
+  command = "python experiments/slow_link_benchmark.py " + " ".join(sys.argv[1:])
+  print(f"[slowlink] {command}", file=sys.stderr, flush=True)
+  record = {"command": command, "settings_used": s, "delay_ms": FLAGS.delay_ms, "cases": {}, "settings": [],
+            "processes": NUM_PROCESSES, "devices_per_process": DEVICES_PER_PROCESS}
+  spec = netem.LinkSpec.unique(os.getpid())
+  record["link"] = {"ns": [spec.ns_a, spec.ns_b], "addresses": [spec.addr_a, spec.addr_b],
+                    "qdisc": "tbf per veth end (egress), burst max(64 KiB, 1 ms at rate), latency 100 ms"}
+  t_start = time.time()
+  with open(os.path.join(out_dir, "children.log"), "w") as log, netem.SlowLink(spec) as link:
+    if FLAGS.delay_ms > 0 and not link.netem_available():
+      raise RuntimeError("--delay_ms needs the netem qdisc, which this kernel lacks")
+    record["netem_available"] = link.netem_available()
+    if FLAGS.local_reference:
+      run_placement(link, ("a", "a"), [0.0], s, log, record)
+    run_placement(link, ("a", "b"), s["speeds"], s, log, record)
+  record["benchmark_wall_s"] = time.time() - t_start
+  if FLAGS.auc_steps > 0:
+    record["auc"] = run_auc(FLAGS.auc_steps, out_dir)
+  rows = summarize(record)
+  record["rows"] = rows
+  with open(os.path.join(out_dir, "slowlink.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  md = [f"`{command}`", "", markdown(rows, s["cases"]), ""]
+  md.append("Cross-host bytes per device per step (HLO of the compiled step; cross_tower = every collective "
+            "whose group spans both hosts, remote a2a = all-to-all bytes that leave the host):")
+  md.append("")
+  md.append("| case | cross_tower_bytes | embedding_cross_tower_bytes | dense_sync_bytes | remote a2a bytes | compile s |")
+  md.append("|---|---|---|---|---|---|")
+  for n in s["cases"]:
+    c = record["cases"].get(n, {})
+    cm = c.get("comm", {})
+    md.append(f"| {n} | {cm.get('cross_tower_bytes', 0) / 1e6:.2f} MB | "
+              f"{cm.get('embedding_cross_tower_bytes', 0) / 1e6:.2f} MB | {cm.get('dense_sync_bytes', 0) / 1e6:.2f} MB | "
+              f"{c.get('remote_a2a_bytes', 0) / 1e6:.2f} MB | {c.get('compile_s', 0):.0f} |")
+  if "auc" in record:
+    md += ["", "AUC (tiny preset, one process, 2x4 mesh, no link emulation):", ""]
+    for n, a in record["auc"].items():
+      md.append(f"* {n}: " + (f"eval AUC {a['auc']:.4f} at step {a['step']} (`{a['command']}`)"
+                              if "auc" in a else f"failed: {a['error'][-300:]}"))
+  with open(os.path.join(out_dir, "slowlink.md"), "w") as f:
+    f.write("\n".join(md) + "\n")
+  plot(rows, s["cases"], os.path.join(out_dir, "slowlink.png"))
+  print("\n".join(md))
+  print(f"\n[slowlink] wrote {out_dir}/slowlink.json, slowlink.md, slowlink.png, children.log\n"
+        f"[slowlink] command: {command}", flush=True)
+  return 0
+
+
+def main(argv):
+  del argv
+  if FLAGS.child:
+    child_main()
+    return 0
+  return parent_main()
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
