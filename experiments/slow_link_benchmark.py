@@ -102,9 +102,11 @@ def settings():
   """Model sizes, speeds and counts after ``--quick``."""
   s = dict(batch=FLAGS.batch_size, vocab=FLAGS.vocab, dim=FLAGS.dim, bottom=FLAGS.bottom_mlp,
            top=FLAGS.top_mlp, speeds=[float(x) for x in FLAGS.speeds], repeats=FLAGS.repeats,
-           steps=FLAGS.steps, cases=list(FLAGS.cases))
-  if FLAGS.quick:
-    s.update(batch=1024, vocab=20_000, speeds=[250.0, 1000.0], repeats=2, steps=2)
+           steps=FLAGS.steps, cases=list(FLAGS.cases), auc_steps=FLAGS.auc_steps)
+  if FLAGS.quick:   # smaller defaults; flags given explicitly still win
+    quick = dict(batch=("batch_size", 1024), vocab=("vocab", 20_000), speeds=("speeds", [250.0, 1000.0]),
+                 repeats=("repeats", 2), steps=("steps", 2), auc_steps=("auc_steps", 100))
+    s.update({k: v for k, (flag, v) in quick.items() if not FLAGS[flag].present})
   return s
 
 
@@ -142,7 +144,6 @@ def child_main() -> None:
   from dmt_jax import distributed
   distributed.initialize(FLAGS.coordinator_address, NUM_PROCESSES, FLAGS.process_id,
                          heartbeat_timeout_s=120, initialization_timeout_s=300)
-  import numpy as np
   from jax.experimental import multihost_utils
   from dmt_jax import train
   from dmt_jax.analysis import bench, hlo
@@ -194,7 +195,6 @@ def child_main() -> None:
       emit({"event": "result", "label": cmd["label"], "probe_bytes": probe_bytes,
             "link_a2a_s": t_link, "fast_a2a_s": t_fast, "times": times})
     emit({"event": "done", "process": pidx, "label": cmd["label"]})
-  del np
 
 
 def remote_all_to_all_bytes(collectives, group_size: int) -> int:
@@ -214,9 +214,8 @@ def remote_all_to_all_bytes(collectives, group_size: int) -> int:
 class Children:
   """The two timing processes of one placement, their stdin and their tagged stdout lines."""
 
-  def __init__(self, link, ends, log):
+  def __init__(self, link, ends, log, port):
     self.log = log
-    port = 29500 + os.getpid() % 1000
     coord = f"{link.address('a')}:{port}"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     args = [a for a in sys.argv[1:] if not a.startswith(("--child", "--coordinator_address",
@@ -241,6 +240,8 @@ class Children:
       for i, p in enumerate(self.procs):
         if p.poll() is not None and p.returncode != 0:
           raise RuntimeError(f"child {i} exited with status {p.returncode} (see the log)")
+      if not fds:
+        raise RuntimeError("children closed their output before finishing (see the log)")
       ready, _, _ = select.select(list(fds), [], [], 1.0)
       for fd in ready:
         data = os.read(fd, 1 << 16).decode(errors="replace")
@@ -280,9 +281,9 @@ class Children:
         p.wait()
 
 
-def run_placement(link, ends, speeds, s, log, record) -> None:
+def run_placement(link, ends, speeds, s, log, record, port) -> None:
   """Starts the two children on ``ends`` (("a", "b") or ("a", "a")), measures every speed."""
-  kids = Children(link, ends, log)
+  kids = Children(link, ends, log, port)
   try:
     for msg in kids.messages(lambda m: m.get("event") == "ready", FLAGS.timeout_s):
       if msg.get("event") == "built":
@@ -431,11 +432,11 @@ def parent_main() -> int:
       raise RuntimeError("--delay_ms needs the netem qdisc, which this kernel lacks")
     record["netem_available"] = link.netem_available()
     if FLAGS.local_reference:
-      run_placement(link, ("a", "a"), [0.0], s, log, record)
-    run_placement(link, ("a", "b"), s["speeds"], s, log, record)
+      run_placement(link, ("a", "a"), [0.0], s, log, record, port=29501)
+    run_placement(link, ("a", "b"), s["speeds"], s, log, record, port=29502)
   record["benchmark_wall_s"] = time.time() - t_start
-  if FLAGS.auc_steps > 0:
-    record["auc"] = run_auc(FLAGS.auc_steps, out_dir)
+  if s["auc_steps"] > 0:
+    record["auc"] = run_auc(s["auc_steps"], out_dir)
   rows = summarize(record)
   record["rows"] = rows
   with open(os.path.join(out_dir, "slowlink.json"), "w") as f:
