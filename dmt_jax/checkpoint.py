@@ -34,7 +34,6 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -280,6 +279,12 @@ def state_from_logical(exp, logical: dict) -> dict:
       raise CheckpointError(f"table {t.name!r}: logical shape {got}, the config needs {(t.vocab_size, t.dim)}")
   tables = eng.tables_from_logical({k: np.asarray(v, np.float32) for k, v in logical["tables"].items()})
   t_opt = logical.get("table_opt") or {}
+  ndim = {"adagrad": 2, "rowwise_adagrad": 1}.get(eng.optimizer.name)
+  for k, v in t_opt.items():
+    if ndim is not None and np.ndim(v) != ndim:
+      raise CheckpointError(f"table_opt[{k!r}] has shape {np.shape(v)}, but embedding_optimizer="
+                            f"{eng.optimizer.name!r} keeps {ndim}-d accumulators; drop them "
+                            f"(logical['table_opt'] = {{}}) to start afresh")
   if eng.optimizer.name == "sgd" or not t_opt:
     table_opt = eng.init_optimizer_state(tables)
   else:
@@ -317,9 +322,9 @@ def _open_manager(directory: str, config=None, read_only: bool = False) -> ocp.C
   if config is not None:
     kw = dict(max_to_keep=int(config.keep_checkpoints) or None,
               enable_async_checkpointing=bool(config.async_checkpointing))
-  if read_only:
-    kw = dict(save_interval_steps=0, create=False)
-  opts = ocp.CheckpointManagerOptions(read_only=read_only, **kw)
+  if read_only:     # reading only: a plain manager that never creates or cleans anything
+    kw = dict(create=False)
+  opts = ocp.CheckpointManagerOptions(**kw)
   return ocp.CheckpointManager(directory, options=opts, item_names=(STATE, META))
 
 
@@ -372,15 +377,17 @@ def load_logical(checkpoint_dir: str, step: int | None = None) -> tuple[dict, di
   return meta["config"], _logical_from_physical(old_exp, raw)
 
 
-def convert_towers(logical: dict, new_exp, seed: int = 0, keep_optimizer: bool = False) -> tuple[dict, dict]:
+def convert_towers(logical: dict, new_exp, seed: int = 0, keep_optimizer: bool = False,
+                   keep_tower_params: bool = False) -> tuple[dict, dict]:
   """Explicit conversion of a logical state to another tower structure (tower count, assignment,
   module, or flat <-> DMT): the way to initialise a DMT model from a flat one and back.
 
   Tables and their accumulators are logical (``[V, D]``) and move unchanged (re-homed to their new
-  towers by ``state_from_logical``). Every dense / tower parameter whose path and shape match the new
-  model is kept; the others (e.g. the first top-MLP layer when T*K changes, tower modules of another
-  count) are freshly initialised from ``seed``. The optax state starts afresh unless
-  ``keep_optimizer`` and every param was kept. The step restarts at 0.
+  towers by ``state_from_logical``). Every over-arch (``dense``) parameter whose path and shape match
+  the new model is kept; the others (e.g. the first top-MLP layer when T*K changes) are freshly
+  initialised from ``seed``, as are the tower modules (``keep_tower_params=True`` keeps same-shaped
+  ones: only meaningful when the towers hold the same features). The optax state starts afresh
+  unless ``keep_optimizer`` and every param was kept. The step restarts at 0.
 
   Returns:
     (new logical state for ``new_exp``, report {"kept": [paths], "reinitialised": [paths]}).
@@ -393,22 +400,19 @@ def convert_towers(logical: dict, new_exp, seed: int = 0, keep_optimizer: bool =
   def pick(path, new):
     name = jax.tree_util.keystr(path)
     old = old_flat.get(name)
-    if old is not None and np.shape(old) == np.shape(new):
+    if old is not None and np.shape(old) == np.shape(new) and (
+        keep_tower_params or not name.startswith("['towers']")):
       kept.append(name)
       return np.asarray(old, np.asarray(new).dtype)
     reinit.append(name)
     return new
 
   params = jax.tree_util.tree_map_with_path(pick, fresh["params"])
-  if new_exp.tower_module is not None and logical["params"].get("towers"):
-    old_towers = jax.tree.leaves(logical["params"]["towers"])
-    if old_towers and np.shape(old_towers[0])[0] != new_exp.engine.num_towers:
-      # Same-shaped leaves of another tower count cannot exist, but keep the rule explicit.
-      params["towers"] = fresh["params"]["towers"]
   tables = {t.name: np.asarray(logical["tables"][t.name], np.float32) for t in new_exp.fs.tables}
   t_opt = logical.get("table_opt") or {}
-  same_opt = t_opt and all(t.name in t_opt for t in new_exp.fs.tables) and (
-      new_exp.engine.optimizer.name != "sgd")
+  ndim = {"adagrad": 2, "rowwise_adagrad": 1}.get(new_exp.engine.optimizer.name)
+  same_opt = bool(t_opt) and ndim is not None and all(
+      t.name in t_opt and np.ndim(t_opt[t.name]) == ndim for t in new_exp.fs.tables)
   out = {"step": 0, "params": params,
          "opt_state": logical["opt_state"] if keep_optimizer and not reinit else None,
          "tables": tables, "table_opt": {k: t_opt[k] for k in tables} if same_opt else {}}

@@ -68,6 +68,8 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.checkpoint_every = 100
   c.keep_checkpoints = 3
   c.async_checkpointing = False
+  c.init_from = ""                   # fresh run only: initialise from this run dir's latest checkpoint
+                                     # (e.g. flat -> DMT; tables re-homed, dense kept where shapes fit)
   # --- data ----------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"        # synthetic | criteo | movielens

@@ -273,6 +273,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sh = state_shardings(state)
   manager = ckpt_lib.CheckpointManager(os.path.join(workdir, "checkpoints"), exp, config, writer)
   state, start = manager.restore_latest(state)
+  if start == 0 and manager.latest_step() is None and config.get("init_from"):   # fresh run: convert
+    from dmt_jax import convert
+    state, _ = convert.init_state_from_checkpoint(exp, config.init_from, seed=int(config.seed))
   # Data-source counters (e.g. Criteo "data/malformed_lines"): logged once, returned with the eval metrics.
   data_stats = exp.source.stats() if hasattr(exp.source, "stats") else {}
   if data_stats:

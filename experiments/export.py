@@ -1,4 +1,4 @@
-"""Export a checkpoint as one unsharded ``.npz`` (no pickles) plus a JSON of the model config.
+r"""Export a checkpoint as one unsharded ``.npz`` (no pickles) plus a JSON of the model config.
 
   python experiments/export.py --config=experiments/configs/dmt_dlrm.py:tiny --workdir=/tmp/dmt_tiny \
       --output=/tmp/model.npz [--step=N]

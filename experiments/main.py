@@ -37,11 +37,15 @@ def main(argv):
   from dmt_jax import distributed
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          auto=FLAGS.distributed == "auto")
-  from dmt_jax import train
+  from dmt_jax import checkpoint, train
   if FLAGS.mode == "eval":
     result = train.evaluate_checkpoint(config, FLAGS.workdir)
   else:
-    result = train.train_and_evaluate(config, FLAGS.workdir)
+    try:
+      result = train.train_and_evaluate(config, FLAGS.workdir)
+    except checkpoint.Preempted as e:   # saved; the conventional exit status of a SIGTERM'd job
+      print(str(e), file=sys.stderr, flush=True)
+      sys.exit(143)
   if jax.process_index() == 0:
     print(json.dumps({k: v for k, v in result.items()}, default=float), flush=True)
 

@@ -63,6 +63,7 @@ flags.DEFINE_list("top_mlp", ["256", "128", "1"], "Top MLP widths (last = 1).")
 flags.DEFINE_integer("auc_steps", 300, "Steps of the flat/DMT AUC runs (tiny preset); 0 = skip.")
 flags.DEFINE_integer("timeout_s", 1800, "Give up on a phase (start-up or one link setting) after this.")
 flags.DEFINE_bool("child", False, "Internal: run one timing process.")
+flags.DEFINE_bool("child_probe", False, "Internal: in-memory all-to-all probe (one process, no network).")
 flags.DEFINE_string("coordinator_address", None, "Internal (child).")
 flags.DEFINE_integer("process_id", 0, "Internal (child).")
 FLAGS = flags.FLAGS
@@ -117,8 +118,13 @@ def emit(obj) -> None:
   sys.stdout.flush()
 
 
-def _a2a_probe(mesh, axis: str, nbytes: int, reps: int = 5) -> float:
-  """Median seconds of an ``all_to_all`` over ``axis`` of an ``nbytes`` f32 buffer per device."""
+def probe_bytes(s) -> int:
+  """S: one device's pooled embeddings ``[B/8, 26, D]`` f32 (the flat lookup's message size)."""
+  return s["batch"] // (NUM_PROCESSES * DEVICES_PER_PROCESS) * 26 * s["dim"] * 4
+
+
+def _a2a_probe(mesh, axis: str, nbytes: int, reps: int = 10) -> list[float]:
+  """Seconds of ``reps`` ``all_to_all``s over ``axis`` of an ``nbytes`` f32 buffer per device."""
   import jax
   import numpy as np
   from jax.sharding import NamedSharding, PartitionSpec as P
@@ -135,7 +141,18 @@ def _a2a_probe(mesh, axis: str, nbytes: int, reps: int = 5) -> float:
     t0 = time.perf_counter()
     f(x).block_until_ready()
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return times
+
+
+def probe_main() -> None:
+  """The in-memory reference: one process, 4 devices, in-process collectives (no gloo, no network)."""
+  import jax
+  import numpy as np
+  from jax.sharding import Mesh
+  jax.config.update("jax_num_cpu_devices", DEVICES_PER_PROCESS)
+  mesh = Mesh(np.array(jax.devices()[:DEVICES_PER_PROCESS]), ("device",))
+  b = probe_bytes(settings())
+  emit({"event": "probe", "probe_bytes": b, "inproc_a2a_s": _a2a_probe(mesh, "device", b, reps=20)})
 
 
 def child_main() -> None:
@@ -169,15 +186,15 @@ def child_main() -> None:
             "comm_by_role": rep["bytes_by_role"],
             "remote_a2a_bytes": remote_all_to_all_bytes(rep["collectives"], exp.topology.group_size)})
   mesh = next(iter(cases.values()))["state"]["tables"].sharding.mesh
-  probe_bytes = s["batch"] // (NUM_PROCESSES * DEVICES_PER_PROCESS) * 26 * s["dim"] * 4
+  nbytes = probe_bytes(s)
   emit({"event": "ready", "process": pidx})
   for line in sys.stdin:
     cmd = json.loads(line)
     if cmd["cmd"] == "quit":
       break
     multihost_utils.sync_global_devices(f"setting {cmd['label']}")
-    t_link = _a2a_probe(mesh, "host", probe_bytes)
-    t_fast = _a2a_probe(mesh, "device", probe_bytes)
+    t_link = _a2a_probe(mesh, "host", nbytes)
+    t_fast = _a2a_probe(mesh, "device", nbytes)
     names = list(cases)
     times = {n: [] for n in names}
     for r in range(cmd["repeats"]):
@@ -192,7 +209,7 @@ def child_main() -> None:
           jax.block_until_ready(out)
           times[n].append(time.perf_counter() - t0)
     if pidx == 0:
-      emit({"event": "result", "label": cmd["label"], "probe_bytes": probe_bytes,
+      emit({"event": "result", "label": cmd["label"], "probe_bytes": nbytes,
             "link_a2a_s": t_link, "fast_a2a_s": t_fast, "times": times})
     emit({"event": "done", "process": pidx, "label": cmd["label"]})
 
@@ -211,6 +228,12 @@ def remote_all_to_all_bytes(collectives, group_size: int) -> int:
 
 # --- parent ----------------------------------------------------------------------------------------
 
+def child_args() -> list[str]:
+  """The parent's own flags, minus the internal ones, for the children."""
+  return [a for a in sys.argv[1:] if not a.startswith(("--child", "--coordinator_address", "--process_id",
+                                                       "--output_dir"))]
+
+
 class Children:
   """The two timing processes of one placement, their stdin and their tagged stdout lines."""
 
@@ -218,8 +241,7 @@ class Children:
     self.log = log
     coord = f"{link.address('a')}:{port}"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    args = [a for a in sys.argv[1:] if not a.startswith(("--child", "--coordinator_address",
-                                                          "--process_id", "--output_dir"))]
+    args = child_args()
     self.procs = []
     for i, end in enumerate(ends):
       cmd = link.exec_prefix(end) + [sys.executable, "-u", SCRIPT, *args, "--child",
@@ -333,17 +355,25 @@ def run_auc(steps: int, out_dir: str) -> dict:
 
 
 def summarize(record) -> list[dict]:
-  """One row per link setting: bandwidths, ratio, step times, speedup, cross-host share."""
+  """One row per link setting: bandwidths, ratios, step times, speedup, cross-host share.
+
+  Bandwidths are aggregate bytes/s of the 4 devices of one host: ``link`` per direction across the
+  veth (each device sends S/2 to its remote peer), ``fast`` inside the host over the ``device`` axis
+  (each device sends 3S/4 to its neighbours) as the run's own processes do it, ``inproc`` the same in a
+  separate single process (in-process collectives, no gloo). Medians over the probe repetitions.
+  """
   local = next((x for x in record["settings"] if x["label"] == "local"), None)
+  inproc = record.get("inproc_probe")
   rows = []
   for x in record["settings"]:
     b = x["probe_bytes"]
-    per_dev_link = b / 2 / x["link_a2a_s"]          # half the buffer goes to the remote peer
-    per_dev_fast = b * 3 / 4 / x["fast_a2a_s"]      # 3/4 to the three local neighbours
-    row = {"label": x["label"], "mbit": x["mbit"],
-           "link_MBps": DEVICES_PER_PROCESS * per_dev_link / 1e6,   # per direction, all 4 devices
-           "fast_MBps": DEVICES_PER_PROCESS * per_dev_fast / 1e6,
-           "fast_slow_ratio": per_dev_fast / per_dev_link}
+    link = DEVICES_PER_PROCESS * b / 2 / statistics.median(x["link_a2a_s"])
+    fast = DEVICES_PER_PROCESS * b * 3 / 4 / statistics.median(x["fast_a2a_s"])
+    row = {"label": x["label"], "mbit": x["mbit"], "link_MBps": link / 1e6, "fast_MBps": fast / 1e6,
+           "fast_slow_ratio": fast / link}
+    if inproc:
+      ip = DEVICES_PER_PROCESS * b * 3 / 4 / statistics.median(inproc["inproc_a2a_s"])
+      row.update(inproc_MBps=ip / 1e6, inproc_slow_ratio=ip / link)
     med = {}
     for n, t in x["times"].items():
       med[n] = statistics.median(t)
@@ -356,18 +386,21 @@ def summarize(record) -> list[dict]:
         row["dmt_c4_speedup"] = flats[best] / med["dmt_c4"]
       if local is not None and x is not local:
         lt = statistics.median(local["times"][best])
-        row["cross_host_share_best_flat"] = max(0.0, (flats[best] - lt) / flats[best])
+        row["cross_host_share_best_flat"] = (flats[best] - lt) / flats[best]
     rows.append(row)
   return rows
 
 
 def markdown(rows, cases) -> str:
-  head = ["link Mbit/s", "measured link MB/s", "fast/slow"] + [f"{c} ms" for c in cases] + [
-      "dmt_c4 vs best flat", "cross-host share (best flat)"]
+  head = ["link Mbit/s (cap)", "link MB/s (measured)", "fast/slow (gloo intra-host)", "fast/slow (in-memory)"] + [
+      f"{c} ms" for c in cases] + ["dmt_c4 vs best flat", "cross-host share of best flat step"]
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
-    cells = [r["label"], f"{r['link_MBps']:.1f}" if r["label"] != "local" else "(no link)",
-             f"{r['fast_slow_ratio']:.1f}" if r["label"] != "local" else "-"]
+    is_local = r["label"] == "local"
+    cells = [r["label"] + (" (1 namespace)" if is_local else ""),
+             f"{r['link_MBps']:.0f} (loopback)" if is_local else f"{r['link_MBps']:.1f}",
+             "-" if is_local else f"{r['fast_slow_ratio']:.1f}",
+             "-" if is_local or "inproc_slow_ratio" not in r else f"{r['inproc_slow_ratio']:.1f}"]
     for c in cases:
       v = r.get(c)
       cells.append(f"{v['median_ms']:.0f} [{v['min_ms']:.0f}–{v['max_ms']:.0f}]" if v else "")
@@ -390,12 +423,12 @@ def plot(rows, cases, path) -> None:
     ys = [r[c]["median_ms"] for r in link if c in r]
     lo = [r[c]["median_ms"] - r[c]["min_ms"] for r in link if c in r]
     hi = [r[c]["max_ms"] - r[c]["median_ms"] for r in link if c in r]
-    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=c)
-  for r in rows:
-    if r["label"] in ("local", "unthrottled") and "dmt_c4" in r:
-      ax.axhline(r["dmt_c4"]["median_ms"], ls=":" if r["label"] == "local" else "--", color="gray", lw=0.8)
+    line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=c)[0]
+    for r in rows:   # the same case with both processes in one namespace (no link): dotted
+      if r["label"] == "local" and c in r:
+        ax.axhline(r[c]["median_ms"], ls=":", color=line.get_color(), lw=0.8)
   ax.set(xscale="log", yscale="log", xlabel="link cap, Mbit/s per direction", ylabel="step time, ms (median, min-max)",
-         title="train step vs link speed (2 hosts x 4 CPU devices)")
+         title="train step vs link cap (dotted: no link, 1 namespace)")
   ax.legend(fontsize=8)
   sp = [r for r in link if "dmt_c4_speedup" in r]
   ax2.plot([r["fast_slow_ratio"] for r in sp], [r["dmt_c4_speedup"] for r in sp], marker="o")
@@ -427,6 +460,12 @@ def parent_main() -> int:
   record["link"] = {"ns": [spec.ns_a, spec.ns_b], "addresses": [spec.addr_a, spec.addr_b],
                     "qdisc": "tbf per veth end (egress), burst max(64 KiB, 1 ms at rate), latency 100 ms"}
   t_start = time.time()
+  r = subprocess.run([sys.executable, "-u", SCRIPT, *child_args(), "--child_probe"], cwd=REPO, capture_output=True,
+                     text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=FLAGS.timeout_s)
+  probe = [json.loads(l[len(TAG):]) for l in r.stdout.splitlines() if l.startswith(TAG)]
+  if r.returncode != 0 or not probe:
+    raise RuntimeError(f"in-memory probe failed ({r.returncode}): {r.stderr[-2000:]}")
+  record["inproc_probe"] = probe[0]
   with open(os.path.join(out_dir, "children.log"), "w") as log, netem.SlowLink(spec) as link:
     if FLAGS.delay_ms > 0 and not link.netem_available():
       raise RuntimeError("--delay_ms needs the netem qdisc, which this kernel lacks")
@@ -471,6 +510,9 @@ def main(argv):
   del argv
   if FLAGS.child:
     child_main()
+    return 0
+  if FLAGS.child_probe:
+    probe_main()
     return 0
   return parent_main()
 

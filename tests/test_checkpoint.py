@@ -3,13 +3,13 @@ eval from a checkpoint, export round trip, and (slow, subprocess) SIGTERM / SIGK
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import flax.linen as nn  # noqa: F401  (the unsharded reference model below is plain flax)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +63,7 @@ def trained(request, tmp_path_factory):
   mgr.close()
   logits, batch = _eval_logits(exp, state)
   return {"mode": mode, "cfg": cfg, "exp": exp, "state": state, "workdir": workdir, "logits": logits,
-          "batch": batch}
+          "batch": batch, "step_fn": step_fn}
 
 
 def test_logical_roundtrip(trained):
@@ -143,6 +143,7 @@ def test_tower_change_needs_explicit_conversion(trained, tmp_path):
     ckpt.state_from_logical(exp, logical)
   new, report = ckpt.convert_towers(logical, exp)
   assert any("bottom_mlp" in k for k in report["kept"]) and report["reinitialised"]
+  assert all(not k.startswith("['towers']") for k in report["kept"])
   assert new["step"] == 0
   path = ckpt.save_logical_as_init(new, cfg, str(tmp_path), exp=exp)
   assert path.endswith(os.path.join("checkpoints", "0"))
@@ -152,6 +153,22 @@ def test_tower_change_needs_explicit_conversion(trained, tmp_path):
   assert _tree_equal(back["table_opt"], logical["table_opt"])
   np.testing.assert_array_equal(back["params"]["dense"]["bottom_mlp"]["dense_0"]["kernel"],
                                 logical["params"]["dense"]["bottom_mlp"]["dense_0"]["kernel"])
+
+
+def test_async_save_survives_donation(trained, tmp_path):
+  """An async save returns before the files are written; the next (donating) train step must not
+  change what it writes."""
+  if trained["mode"] != "dmt":
+    pytest.skip("once is enough")
+  exp, cfg = trained["exp"], _cfg("dmt", async_checkpointing=True)
+  state = ckpt.state_from_logical(exp, ckpt.state_to_logical(exp, trained["state"]))
+  want = ckpt.state_to_logical(exp, state)
+  mgr = ckpt.CheckpointManager(str(tmp_path / "checkpoints"), exp, cfg)
+  mgr.save(2, state, force=True)
+  for s in range(2, 4):
+    state, _ = trained["step_fn"](state, train.to_global(exp, exp.source.train_batch(s)))
+  mgr.close()
+  assert _tree_equal(ckpt.load_logical(str(tmp_path))[1], want)
 
 
 def test_evaluate_checkpoint(trained):
@@ -230,7 +247,7 @@ def test_export_roundtrip(trained, tmp_path):
 def test_export_cli_help():
   r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "export.py"), "--help"],
                      capture_output=True, text=True, timeout=120)
-  assert r.returncode == 0 and "--output" in r.stdout and "embedding/<table>" in r.stdout
+  assert "--output" in r.stdout and "embedding/<table>" in r.stdout   # absl's --help exits with 1
 
 
 # --- subprocess: preemption and exact resume -------------------------------------------------------
@@ -299,7 +316,7 @@ def test_interrupted_runs_resume_exactly(tmp_path, jax_cache, name, first_signal
   if first_signal == signal.SIGTERM:
     # saved at the step it stopped on, exited non-zero with the message
     assert rc != 0 and "preempted (SIGTERM) at step" in out, out[-3000:]
-    stopped = int(out.split("preempted (SIGTERM) at step ")[1].split(":")[0])
+    stopped = int(re.search(r"Preempted: preempted \(SIGTERM\) at step (\d+): checkpoint", out).group(1))
     assert stopped >= 15 and stopped in ckpt.complete_steps(os.path.join(run, "checkpoints"))
   else:
     assert rc == -signal.SIGKILL

@@ -223,10 +223,10 @@ def test_two_processes_resume_from_checkpoint(tmp_path):
 
   # Steps 21..30 continued from the restored state: they match an uninterrupted single-process run.
   _single([*cfg, "--config.num_train_steps=30", f"--workdir={tmp_path / 'single'}"])
-  want = _by_key(_metrics(tmp_path / "single"))
+  want = _by_key(_metrics(tmp_path / "single"))  # train/loss at 10, 20, 30 and the eval at 30
   got = _by_key(resumed)
-  _assert_close({k: v for k, v in got.items() if k[0] == 30}, {k: v for k, v in want.items() if k[0] == 30})
-  _assert_close(got, want)
+  assert set(want) <= set(got), (sorted(got), sorted(want))
+  _assert_close({k: got[k] for k in want}, want)
 
 
 # --- mesh from the real process layout -----------------------------------------------------------------

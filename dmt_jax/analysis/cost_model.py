@@ -12,7 +12,8 @@ operand bytes ``B`` over ``n`` members puts ``V = factor * B`` bytes on the wire
   collective-permute  B
 
 and takes ``alpha + V / beta`` on one level. A collective spanning several levels is paced by the
-slowest level it crosses: ring collectives run entirely at that level's beta; an all-to-all splits
+slowest level it crosses: ring collectives run entirely at that level's beta (``ring="flat"``; with
+``ring="hierarchical"`` the devices of the level below share the slow traffic); an all-to-all splits
 its ``V`` by where the peers are — level L carries the share of peers first reached at L — and its
 levels run concurrently, so ``t = alpha_outermost + max_L(V_L / beta_L)``. One alpha per
 collective is the pipelined/one-shot latency; it under-counts rings over many hops at tiny sizes.
@@ -24,6 +25,12 @@ are spread evenly too when the group is larger than a level's span.
 
 Compute is a roofline: ``max(flops / peak_flops, bytes_moved / mem_bandwidth)``. The step total is
 ``compute + intra + cross`` (no overlap) unless ``overlap=True`` (then ``max(compute, comm)``).
+
+Weak scaling (``engine_bytes``, ``tower_plan``, ``scale_step``): how the per-device bytes of each
+collective role of *this* engine grow with the device count (static capacities sized for the busiest
+member), used to move collectives measured on an emulated mesh to a cluster of N devices.
+``calibrate_local_mesh`` builds the ``local`` preset from in-process collectives; ``spearman``
+compares predicted and measured rankings.
 """
 
 from __future__ import annotations
@@ -165,6 +172,55 @@ def measure_local_machine(seconds: float = 2.0) -> Cluster:
                  source="measured by measure_local_machine()")
 
 
+def calibrate_local_mesh(mesh, local_axes: tuple[str, ...], peer_axes: tuple[str, ...],
+                         peak_flops: float, mem_bandwidth: float, nbytes: int = 2 ** 21,
+                         reps: int = 5) -> Cluster:
+  """The ``"local"`` preset calibrated on an emulated mesh: what XLA's collectives really reach here.
+
+  Times an in-process ``all_to_all`` of ``nbytes`` per device over ``local_axes`` (level ``intra``,
+  span = their size) and over ``peer_axes`` (level ``cross``), best of ``reps`` after a warm-up, and
+  a 4 KiB one for the latency. Bandwidth = ``(n-1)/n * nbytes / t`` per device. The fake devices
+  share this machine, so ``peak_flops`` and ``mem_bandwidth`` (whole-machine rates, e.g. from
+  ``bench.machine_rates``) are divided by the device count.
+  """
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  axes = tuple(mesh.axis_names)
+  ndev = int(mesh.devices.size)
+  sizes = dict(zip(axes, mesh.devices.shape))
+
+  def timed(over: tuple[str, ...], per_device: int) -> float:
+    n = math.prod(sizes[a] for a in over)
+    cols = max(n, (per_device // 4) // n * n)
+    x = jax.device_put(jnp.ones((ndev, cols), jnp.float32), NamedSharding(mesh, P(axes, None)))
+    f = jax.jit(jax.shard_map(lambda v: jax.lax.all_to_all(v.reshape(n, -1), over, 0, 0, tiled=True)
+                              .reshape(1, -1), mesh=mesh, in_specs=P(axes, None),
+                              out_specs=P(axes, None), check_vma=True))
+    f(x).block_until_ready()
+    t_best = math.inf
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      f(x).block_until_ready()
+      t_best = min(t_best, time.perf_counter() - t0)
+    return t_best
+
+  levels = []
+  for name, over in (("intra", tuple(local_axes)), ("cross", tuple(peer_axes))):
+    n = math.prod(sizes[a] for a in over)
+    if n < 2:
+      continue
+    latency = timed(over, 4096)
+    t = max(timed(over, nbytes) - latency, 1e-9)
+    span = math.prod(sizes[a] for a in local_axes) if name == "intra" else None
+    levels.append(Link(name, (n - 1) / n * nbytes / t, latency, span=span))
+  if not levels:
+    raise ValueError("calibrate_local_mesh needs an axis group with at least 2 devices")
+  return Cluster("local", tuple(levels), peak_flops=peak_flops / ndev, mem_bandwidth=mem_bandwidth / ndev,
+                 source=f"calibrated on {ndev} emulated devices (in-process all-to-all)")
+
+
 def get_cluster(preset: str | Cluster) -> Cluster:
   """A ``Cluster`` as is, a preset name, or ``"local"`` (measured now, ~0.1 s)."""
   if isinstance(preset, Cluster):
@@ -211,9 +267,28 @@ def members_within(cluster: Cluster, members: int, local_members: int, devices_p
   return out
 
 
+def slowest_level(cluster: Cluster, members: int, local_members: int, devices_per_group: int,
+                  num_devices: int) -> int:
+  """Index of the slowest level a collective of ``members`` crosses (the one that paces it)."""
+  reach = members_within(cluster, members, local_members, devices_per_group, num_devices)
+  return next(k for k, c in enumerate(reach) if c >= members)
+
+
+RING_ALGORITHMS = ("flat", "hierarchical")
+
+
 def collective_time(cluster: Cluster, op: str, nbytes: float, members: int, local_members: int,
-                    devices_per_group: int, num_devices: int) -> float:
-  """Seconds for one collective (alpha-beta, paced by the slowest level crossed)."""
+                    devices_per_group: int, num_devices: int, ring: str = "flat") -> float:
+  """Seconds for one collective (alpha-beta, paced by the slowest level crossed).
+
+  ring: how all-reduce / reduce-scatter / all-gather spanning levels run. ``"flat"``: one ring, all
+  of ``V`` at the slowest level's beta (the conservative default). ``"hierarchical"``: as NCCL's
+  multi-channel rings or reduce-scatter / all-reduce / all-gather per level do, the ``r`` members a
+  device reaches on the level below share the slow level's traffic (each through its own NIC), so
+  level k carries ``V / reach[k-1]`` while level 0 carries ``V``; ``t = alpha + max_k``.
+  """
+  if ring not in RING_ALGORITHMS:
+    raise ValueError(f"ring must be one of {RING_ALGORITHMS}, got {ring!r}")
   if members <= 1 or nbytes <= 0:
     return 0.0
   volume = traffic_factor(op, members) * nbytes
@@ -227,6 +302,11 @@ def collective_time(cluster: Cluster, op: str, nbytes: float, members: int, loca
       worst = max(worst, volume * share / cluster.levels[k].bandwidth)
     return cluster.levels[outer].latency + worst
   link = cluster.levels[outer]
+  if ring == "hierarchical" and outer > 0:
+    worst = volume / cluster.levels[0].bandwidth
+    for k in range(1, outer + 1):
+      worst = max(worst, volume / max(reach[k - 1], 1) / cluster.levels[k].bandwidth)
+    return link.latency + worst
   return link.latency + volume / link.bandwidth
 
 
@@ -256,7 +336,8 @@ def _as_list(collectives) -> list[Mapping]:
 
 
 def predict_step(collectives, flops: float, bytes_moved: float, cluster_preset: str | Cluster,
-                 num_devices: int, devices_per_group: int, overlap: bool = False) -> dict:
+                 num_devices: int, devices_per_group: int, overlap: bool = False,
+                 ring: str = "flat") -> dict:
   """Predicted step time on ``cluster_preset`` with ``num_devices`` in groups of ``devices_per_group``.
 
   collectives: ``hlo.summarize(...)`` output, a list of ``hlo.classify`` dicts (positions in
@@ -264,17 +345,22 @@ def predict_step(collectives, flops: float, bytes_moved: float, cluster_preset: 
     ``scale_collectives`` output (``members`` / ``local_members`` given). Each needs ``op``,
     ``bytes`` (per device) and ``scope``; a missing scope is derived from the members.
   flops, bytes_moved: per-device compute work of the step (e.g. from ``compiled.cost_analysis()``).
+  ring: ``"flat"`` or ``"hierarchical"`` all-reduce / reduce-scatter / all-gather (``collective_time``).
 
-  Returns ``{compute_s, intra_comm_s, cross_comm_s, comm_s, total_s, by_role_s}``.
+  Returns ``{compute_s, intra_comm_s, cross_comm_s, comm_s, total_s, by_role_s, by_level_s}``:
+  intra/cross split by *tower* scope; ``by_level_s`` charges each collective to the slowest link
+  level it crosses (e.g. ``nvlink4`` vs ``ib_ndr``), which is the intra-/cross-*host* split even when
+  a tower group spans several hosts.
   """
   cluster = get_cluster(cluster_preset)
   if num_devices % devices_per_group:
     raise ValueError(f"num_devices={num_devices} is not a multiple of devices_per_group={devices_per_group}")
   intra = cross = 0.0
   by_role: dict[str, float] = {}
+  by_level = {link.name: 0.0 for link in cluster.levels}
   for c in _as_list(collectives):
     n, local = _members(c, devices_per_group)
-    t = collective_time(cluster, c["op"], float(c["bytes"]), n, local, devices_per_group, num_devices)
+    t = collective_time(cluster, c["op"], float(c["bytes"]), n, local, devices_per_group, num_devices, ring)
     scope = c.get("scope") or (hlo.INTRA_TOWER if local >= n else hlo.CROSS_TOWER)
     if scope == hlo.INTRA_TOWER:
       intra += t
@@ -282,10 +368,13 @@ def predict_step(collectives, flops: float, bytes_moved: float, cluster_preset: 
       cross += t
     role = c.get("role", hlo.OTHER)
     by_role[role] = by_role.get(role, 0.0) + t
+    if n > 1:
+      by_level[cluster.levels[slowest_level(cluster, n, local, devices_per_group, num_devices)].name] += t
   compute = compute_time(cluster, flops, bytes_moved)
   comm = intra + cross
   return dict(compute_s=compute, intra_comm_s=intra, cross_comm_s=cross, comm_s=comm,
-              total_s=max(compute, comm) if overlap else compute + comm, by_role_s=by_role)
+              total_s=max(compute, comm) if overlap else compute + comm, by_role_s=by_role,
+              by_level_s=by_level)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,3 +413,175 @@ def scale_collectives(collectives, from_num_devices: int, from_group_size: int, 
         scope=hlo.INTRA_TOWER if spanned_t == 1 else hlo.CROSS_TOWER,
         members=local_t * spanned_t, local_members=local_t, op_name=c.get("op_name", "")))
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Weak-scaling laws of dmt_jax's collectives (uniform one-hot features, one table per feature)
+
+LAYOUTS = ("table_wise", "row_wise", "table_row_wise", "dmt")
+
+
+def tower_plan(num_groups: int, num_features: int) -> tuple[int, int]:
+  """``(towers, hosts_per_tower_group)``: one tower per group while the features allow it.
+
+  With ``G`` groups of one host and ``F`` features, ``T = G`` towers (each >= 1 feature) when
+  ``G <= F``; beyond that the largest power of two ``T <= F`` that divides ``G``, and a tower group
+  spans ``G / T`` hosts (its intra-tower traffic then partly crosses hosts).
+  """
+  if num_groups <= num_features:
+    return num_groups, 1
+  t = 1
+  while t * 2 <= num_features and num_groups % (t * 2) == 0:
+    t *= 2
+  return t, num_groups // t
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-int(a) // int(b))
+
+
+def engine_bytes(layout: str, num_devices: int, group_size: int, num_features: int, dim: int,
+                 batch_per_device: int, compression: float = 1.0, dense_params: int = 0,
+                 inner: str = "table_wise") -> dict[str, float]:
+  """Per-device operand bytes per train step, by role, of this engine's collectives.
+
+  The engine's all-to-alls are dense with a static capacity per destination sized so that overflow is
+  impossible, i.e. for the *busiest* member; that is also what a ragged all-to-all's completion time
+  is set by (the busiest device's send/receive volume). With ``B`` samples per device, ``D`` dim, ids
+  and keys int32 and embeddings f32, a lookup over ``M`` members of ``F_g`` features moves
+  ``8 * M * B_in * m`` bytes of ids (local row + key) and ``2 * 4 * M * B_in * m * D`` bytes of pooled
+  partial sums (forward + backward), where ``m`` is the most outputs one member serves:
+  ``ceil(F_g / M)`` table-wise (``max(F_g, M)`` per sample when ``M > F_g``: one table's owner serves
+  every device) and ``F_g`` row-wise (every member holds rows of every table: grows with M).
+
+  layout:
+    ``table_wise`` / ``row_wise``: the flat lookup over all ``N`` devices (role ``embedding_exchange``).
+    ``table_row_wise``: TorchRec's TWRW = SPTT with identity towers, one tower per group, row-wise
+      inside; ``dmt``: SPTT with a linear tower module of compression ``c`` (``inner`` sharding inside
+      the group). Towers: ``T`` balanced towers of ``f_t = ceil(F / T)`` features (``T`` = groups).
+      Roles ``ids_exchange`` (``4 * G * B * f_t``), ``intra_tower_lookup`` (a lookup of ``G * B``
+      samples over the group), ``tower_output_exchange`` (``2 * 4 * G * B * K * D``, ``K = f_t`` for
+      identity towers, ``ceil(f_t / c)`` for TM), ``tower_grad_sync`` (TM parameters, all-reduced in
+      the group).
+  dense_params: parameters of the data-parallel dense part (``dense_sync`` = 4 bytes each).
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+  N, B, F, D = int(num_devices), int(batch_per_device), int(num_features), int(dim)
+  if N % group_size:
+    raise ValueError(f"num_devices={N} is not a multiple of group_size={group_size}")
+
+  def lookup(members: int, features: int, rows_in: int, kind: str) -> float:
+    if members <= 1:
+      return 0.0
+    m = features if kind == "row_wise" else _ceil_div(features, members)
+    return 8.0 * members * rows_in * m + 8.0 * members * rows_in * m * D
+
+  out = {hlo.DENSE_SYNC: 4.0 * dense_params if N > 1 else 0.0}
+  if layout in ("table_wise", "row_wise"):
+    out["embedding_exchange"] = lookup(N, F, B, layout)
+    return out
+  G, L = N // group_size, int(group_size)
+  f_t = _ceil_div(F, G)
+  if layout == "table_row_wise":
+    K, kind = f_t, "row_wise"
+  else:
+    K, kind = max(1, math.ceil(round(f_t / float(compression), 9))), inner
+    if L > 1:
+      out["tower_grad_sync"] = 4.0 * (f_t * D * K * D + K * D)
+  out["ids_exchange"] = 4.0 * G * B * f_t if G > 1 else 0.0
+  out["intra_tower_lookup"] = lookup(L, f_t, G * B, kind)
+  out["tower_output_exchange"] = 8.0 * G * B * K * D if G > 1 else 0.0
+  return out
+
+
+def interaction_vectors(layout: str, num_features: int, num_towers: int, compression: float) -> int:
+  """Vectors entering DLRM's dot interaction besides the dense one: ``F`` flat, ``T * K`` DMT."""
+  if layout != "dmt":
+    return int(num_features)
+  f_t = _ceil_div(num_features, num_towers)
+  return num_towers * max(1, math.ceil(round(f_t / float(compression), 9)))
+
+
+def variable_flops(layout: str, num_features: int, num_towers: int, compression: float, dim: int,
+                   batch_per_device: int, top_width: int) -> float:
+  """Per-device train-step FLOPs of the parts that change with the tower count (forward + backward = 3x).
+
+  DMT's linear tower module (``G * B`` samples, ``f_t * D -> K * D``), the dot interaction
+  (``2 n^2 D`` per sample, ``n`` = vectors + 1) and the top MLP's first layer (``n(n-1)/2`` inputs of
+  width ``top_width``). Used to move XLA's measured FLOPs from the emulated tower count to another.
+  """
+  B, D = batch_per_device, dim
+  k = interaction_vectors(layout, num_features, num_towers, compression)
+  n = k + 1
+  flops = 3 * (2.0 * B * n * n * D + 2.0 * B * (n * (n - 1) // 2) * top_width)
+  if layout == "dmt":
+    f_t = _ceil_div(num_features, num_towers)
+    K = k // num_towers
+    flops += 3 * 2.0 * num_towers * B * (f_t * D) * (K * D)   # G*B samples, one tower per group
+  return flops
+
+
+def scale_step(collectives, flops: float, layout: str, law_kwargs: Mapping, from_num_devices: int,
+               from_group_size: int, to_num_devices: int, host_size: int, top_width: int,
+               dense_params_delta_per_pair: int = 0) -> tuple[list[dict], float, int]:
+  """Measured emulated-mesh collectives + FLOPs -> a step on ``to_num_devices`` in hosts of ``host_size``.
+
+  Bytes of each role are scaled by ``engine_bytes(target) / engine_bytes(emulated)`` (roles the law
+  does not know keep their bytes); tower groups follow ``tower_plan``; FLOPs move by
+  ``variable_flops(target) - variable_flops(emulated)``. ``law_kwargs``: ``num_features, dim,
+  batch_per_device, compression, dense_params`` (the emulated model's). The dense parameter count
+  changes with the interaction width by ``dense_params_delta_per_pair`` per interaction pair.
+  Returns ``(collectives, flops, devices_per_tower_group)``.
+  """
+  F = int(law_kwargs["num_features"])
+  kw = dict(law_kwargs)
+  towers_from = from_num_devices // from_group_size
+  if layout in ("table_row_wise", "dmt"):
+    towers_to, hosts = tower_plan(to_num_devices // host_size, F)
+  else:
+    towers_to, hosts = to_num_devices // host_size, 1
+  group_to = host_size * hosts
+  c = float(kw.get("compression", 1.0))
+
+  def pairs(t):
+    n = interaction_vectors(layout, F, t, c) + 1
+    return n * (n - 1) // 2
+
+  law_from = engine_bytes(layout, from_num_devices, from_group_size, **kw)
+  kw_to = dict(kw, dense_params=int(kw.get("dense_params", 0))
+               + dense_params_delta_per_pair * (pairs(towers_to) - pairs(towers_from)))
+  law_to = engine_bytes(layout, to_num_devices, group_to, **kw_to)
+  scale = {r: (law_to.get(r, 0.0) / v if v > 0 else 1.0) for r, v in law_from.items()}
+  scaled = scale_collectives(collectives, from_num_devices, from_group_size, to_num_devices, group_to,
+                             bytes_scale=scale)
+  vf = lambda t: variable_flops(layout, F, t, c, kw["dim"], kw["batch_per_device"], top_width)
+  return scaled, flops + vf(towers_to) - vf(towers_from), group_to
+
+
+# ----------------------------------------------------------------------------------------------
+# Agreement between predicted and measured rankings
+
+
+def ranks(x) -> np.ndarray:
+  """1-based ranks, ties get their average rank."""
+  x = np.asarray(x, float)
+  order = np.argsort(x, kind="stable")
+  r = np.empty(len(x))
+  r[order] = np.arange(1, len(x) + 1)
+  for v in np.unique(x):
+    m = x == v
+    r[m] = r[m].mean()
+  return r
+
+
+def spearman(x, y) -> float:
+  """Spearman rank correlation (Pearson on average ranks); nan with fewer than 2 points or no spread."""
+  if len(x) != len(y):
+    raise ValueError("spearman: sequences differ in length")
+  if len(x) < 2:
+    return float("nan")
+  rx, ry = ranks(x), ranks(y)
+  if rx.std() == 0 or ry.std() == 0:
+    return float("nan")
+  return float(np.corrcoef(rx, ry)[0, 1])
