@@ -33,7 +33,7 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.capacity_factor = 0.0            # id all-to-all capacity per destination; 0 = overflow impossible
   c.embedding_optimizer = "adagrad"  # sgd | adagrad | rowwise_adagrad (row-sparse, on the owning shard)
   c.embedding_learning_rate = 0.1
-  c.embedding_initial_accumulator = 0.0
+  c.embedding_initial_accumulator = 0.01   # > 0 keeps early Adagrad steps insensitive to summation order
   c.embedding_update = "sparse"      # sparse (O(rows touched)) | dense (O(table) baseline for benchmarks)
   c.id_policy = "error"              # out-of-range / negative ids: error | hash (mod vocab) | clip
   # --- towers (mode=dmt) ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tower partitioner: features -> towers from a trained flat run (learned affinity + load balance).
+r"""Tower partitioner: features -> towers from a trained flat run (learned affinity + load balance).
 
   # 1. train flat briefly
   python experiments/main.py --config=experiments/configs/flat_dlrm.py:tiny --workdir=/tmp/flat

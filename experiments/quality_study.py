@@ -201,7 +201,8 @@ def plot(rows, base, path) -> None:
       flat = mr[0][f"{key}_mean"]
       if key == "auc":
         ax.axhspan(flat - TOLERANCE, flat + TOLERANCE, color=f"C{i}", alpha=0.12)
-    ax.axhline(base["item CTR"][key], color="gray", ls="--", lw=1, label="item-CTR baseline")
+    note = ", ".join(f"{n} {base[n][key]:.3f}" for n in ("base rate", "item CTR", "item popularity"))
+    ax.text(0.01, 0.01, f"baselines (off scale): {note}", transform=ax.transAxes, fontsize=7, color="gray")
     arms = [r["arm"] for r in rows if r["model"] == models[0]]
     ax.set_xticks(range(len(arms)), arms)
     ax.set_ylabel(label)

@@ -1,7 +1,7 @@
 """Flat vs DMT training steps across a real, rate-limited link between two emulated hosts.
 
-  sudo python experiments/slow_link_benchmark.py --quick --output_dir=/tmp/slowlink_quick
-  sudo nice -n 5 python experiments/slow_link_benchmark.py --output_dir=/tmp/slowlink   # full sweep
+  sudo python experiments/slow_link_benchmark.py --quick --output_dir=/tmp/slowlink_quick  # ~5 min
+  sudo python experiments/slow_link_benchmark.py --output_dir=/tmp/slowlink                # ~25 min
 
 Needs root, ``ip netns`` and ``tc`` (see ``dmt_jax/analysis/netem.py``). The parent creates two network
 namespaces joined by a veth pair (10.213.0.1 <-> 10.213.0.2, addresses that exist only there) with a
@@ -9,25 +9,37 @@ namespaces joined by a veth pair (10.213.0.1 <-> 10.213.0.2, addresses that exis
 it), and per-namespace ``/etc/netns/<ns>/hosts`` mapping this machine's hostname to the namespace's
 address (gloo binds to it). It starts two JAX processes with ``ip netns exec``, one per namespace, each
 with 4 fake CPU devices: topology ``host=2,device=4``, tower level ``host``, coordinator at namespace
-A's address. Devices inside a process exchange at memory speed; everything between the processes
+A's address. Collectives among one process's devices stay inside its namespace (XLA:CPU runs them over
+gloo on the namespace's own address, i.e. loopback, or in memory); everything between the processes
 crosses the capped veth. Everything created is removed at the end (also on failure / Ctrl-C).
 
+Model (the same for every case): DLRM, 26 one-hot tables x 50k rows x dim 64, batch 2048 global
+(256 per device), bottom MLP 13-256-64, top MLP 256-128-1, row-sparse Adagrad for the tables, Adam for
+the dense part. Dim 64 keeps DMT's linear tower module (F_t*D -> F_t*D/c per tower, cost ~D^2) small;
+the modest MLPs keep the dense all-reduce (~0.6 MB per device) below the flat embedding exchange
+(~4 MB per device) as at production batch sizes, where pooled embeddings dominate the wire; 50k rows keep
+5 compiled cases x 2 processes within memory (rows do not change the exchange: the update is row-sparse).
+
 The children build every case once (``train.build_experiment``, ``bench.fast_state``,
-``train.make_train_step``, compiled AOT; the HLO gives the communication report), then the parent
-steps through the link settings: for each it sets the cap and tells both children (stdin) to measure:
+``train.make_train_step``, compiled AOT; the compiled HLO gives the communication report), then the
+parent runs ``--repeats`` rounds; in each round it visits every link setting (order rotated per round,
+so the shared machine's load drifts spread over all settings), sets the cap and tells both children
+(stdin) to measure:
 
 * ``link``: a cross-host ``all_to_all`` over the ``host`` axis (each device sends half of an
   S-byte buffer to its peer on the other host): achieved bytes/s per direction of the veth.
 * ``fast``: an ``all_to_all`` over the ``device`` axis inside one process (each device sends 3/4 of
-  the same S bytes to its 3 neighbours), no network: the fast, intra-host bytes/s.
+  the same S bytes to its 3 neighbours): the intra-host bytes/s the run's own collectives get. A
+  separate single-process probe measures the same with in-process collectives (memory only, no gloo).
   S = one device's pooled embeddings ``[B/8, 26, D]`` f32, the message size of the flat lookup.
-  fast/slow ratio = per-device bytes/s inside the host / per-device bytes/s across the link.
-* every case: ``--repeats`` rounds (case order rotated every round) of one untimed step and
-  ``--steps`` steps each timed to ``block_until_ready``.
+  fast/slow ratio = intra-host bytes/s / cross-host bytes/s (same 4 devices, same message).
+* every case (order rotated per round): one untimed step, then ``--steps`` steps each timed to
+  ``block_until_ready``; process 0 reports the times.
 
-A ``local`` reference runs both processes in one namespace (same processes, same cores, no veth):
-cross-host share of a step at a setting = (step - local step) / step. Finally (``--auc_steps``) it trains
-flat and DMT once without any link emulation with ``experiments/main.py`` and reports the eval AUCs.
+Cross-host share of a flat step at a setting = (step - step on the uncapped veth) / step (the uncapped
+veth, ``0`` in ``--speeds``, moves ~400 MB/s here; ``--local_reference`` also times both processes in
+one namespace). With ``--auc_steps`` it finally trains flat TW and DMT once, without link emulation,
+with ``experiments/main.py`` on the ``tiny`` preset and reports the eval AUCs.
 
 Writes ``slowlink.json``, ``slowlink.md`` and ``slowlink.png`` under ``--output_dir`` and prints the
 command line. Internal: ``--child`` runs one timing process (started by the parent).
@@ -38,6 +50,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,15 +59,17 @@ import time
 from absl import app, flags
 
 flags.DEFINE_string("output_dir", "/tmp/dmt_slowlink", "Where JSON, markdown and the plot go.")
-flags.DEFINE_bool("quick", False, "Small model, 2 link speeds, few steps (a few minutes).")
+flags.DEFINE_bool("quick", False, "Batch 1024, 20k rows, speeds 250/1000/uncapped, 1 round, 50-step AUC "
+                  "runs (a few minutes); explicitly given flags still win.")
 flags.DEFINE_list("speeds", ["100", "250", "500", "1000", "2000", "0"],
                   "Link caps in Mbit/s per direction; 0 = veth without cap.")
 flags.DEFINE_list("cases", ["flat_tw", "flat_rw", "flat_twrw", "dmt_c4", "dmt_c1"],
                   "Cases: flat_tw, flat_rw, flat_twrw, flat_cw, dmt_c<k>.")
-flags.DEFINE_integer("repeats", 3, "Rounds per link setting (case order rotated each round).")
-flags.DEFINE_integer("steps", 4, "Timed steps per case per round.")
+flags.DEFINE_integer("repeats", 3, "Rounds over all link settings (speed and case order rotated each round).")
+flags.DEFINE_integer("steps", 3, "Timed steps per case per link setting per round.")
 flags.DEFINE_float("delay_ms", 0.0, "One-way added delay per direction (needs the netem qdisc).")
-flags.DEFINE_bool("local_reference", True, "Also time all cases with both processes in one namespace.")
+flags.DEFINE_bool("local_reference", False,
+                  "Also time all cases with both processes in one namespace (a second start-up and compile).")
 flags.DEFINE_integer("batch_size", 2048, "Global batch (8 devices).")
 flags.DEFINE_integer("vocab", 50_000, "Rows per table (26 tables).")
 flags.DEFINE_integer("dim", 64, "Embedding dim.")
@@ -105,8 +120,8 @@ def settings():
            top=FLAGS.top_mlp, speeds=[float(x) for x in FLAGS.speeds], repeats=FLAGS.repeats,
            steps=FLAGS.steps, cases=list(FLAGS.cases), auc_steps=FLAGS.auc_steps)
   if FLAGS.quick:   # smaller defaults; flags given explicitly still win
-    quick = dict(batch=("batch_size", 1024), vocab=("vocab", 20_000), speeds=("speeds", [250.0, 1000.0]),
-                 repeats=("repeats", 2), steps=("steps", 2), auc_steps=("auc_steps", 100))
+    quick = dict(batch=("batch_size", 1024), vocab=("vocab", 20_000), speeds=("speeds", [250.0, 1000.0, 0.0]),
+                 repeats=("repeats", 1), steps=("steps", 3), auc_steps=("auc_steps", 50))
     s.update({k: v for k, (flag, v) in quick.items() if not FLAGS[flag].present})
   return s
 
@@ -192,22 +207,21 @@ def child_main() -> None:
     cmd = json.loads(line)
     if cmd["cmd"] == "quit":
       break
-    multihost_utils.sync_global_devices(f"setting {cmd['label']}")
-    t_link = _a2a_probe(mesh, "host", nbytes)
-    t_fast = _a2a_probe(mesh, "device", nbytes)
+    multihost_utils.sync_global_devices(f"setting {cmd['label']} round {cmd['round']}")
+    t_link = _a2a_probe(mesh, "host", nbytes, cmd["probe_reps"])
+    t_fast = _a2a_probe(mesh, "device", nbytes, cmd["probe_reps"])
     names = list(cases)
+    k = cmd["round"] % len(names)            # rotate the case order from round to round
     times = {n: [] for n in names}
-    for r in range(cmd["repeats"]):
-      k = r % len(names)
-      for n in names[k:] + names[:k]:
-        c = cases[n]
-        c["state"], out = c["step"](c["state"], c["batches"][1])     # untimed: settle after switching
+    for n in names[k:] + names[:k]:
+      c = cases[n]
+      c["state"], out = c["step"](c["state"], c["batches"][1])     # untimed: settle after switching
+      jax.block_until_ready(out)
+      for i in range(cmd["steps"]):
+        t0 = time.perf_counter()
+        c["state"], out = c["step"](c["state"], c["batches"][i % 2])
         jax.block_until_ready(out)
-        for i in range(cmd["steps"]):
-          t0 = time.perf_counter()
-          c["state"], out = c["step"](c["state"], c["batches"][i % 2])
-          jax.block_until_ready(out)
-          times[n].append(time.perf_counter() - t0)
+        times[n].append(time.perf_counter() - t0)
     if pidx == 0:
       emit({"event": "result", "label": cmd["label"], "probe_bytes": nbytes,
             "link_a2a_s": t_link, "fast_a2a_s": t_fast, "times": times})
@@ -303,8 +317,17 @@ class Children:
         p.wait()
 
 
+def _label(speed: float, local: bool) -> str:
+  return "local" if local else ("unthrottled" if speed <= 0 else f"{speed:g}")
+
+
 def run_placement(link, ends, speeds, s, log, record, port) -> None:
-  """Starts the two children on ``ends`` (("a", "b") or ("a", "a")), measures every speed."""
+  """Starts the two children on ``ends`` (("a", "b") or ("a", "a")) and measures every speed.
+
+  Rounds are the outer loop and the speed order is rotated every round, so slow drifts of this
+  shared machine's load spread over all link settings instead of biasing one.
+  """
+  local = ends[0] == ends[1]
   kids = Children(link, ends, log, port)
   try:
     for msg in kids.messages(lambda m: m.get("event") == "ready", FLAGS.timeout_s):
@@ -312,21 +335,30 @@ def run_placement(link, ends, speeds, s, log, record, port) -> None:
         record["cases"].setdefault(msg["case"], {}).update(
             {k: v for k, v in msg.items() if k not in ("event", "case")})
         print(f"[slowlink] built {msg['case']} ({msg['compile_s']:.0f} s compile)", file=sys.stderr, flush=True)
-    for speed in speeds:
-      label = "local" if ends[0] == ends[1] else ("unthrottled" if speed <= 0 else f"{speed:g}")
-      if ends[0] != ends[1]:
-        link.set_rate(None if speed <= 0 else speed, FLAGS.delay_ms)
-      print(f"[slowlink] measuring {label}", file=sys.stderr, flush=True)
-      t0 = time.perf_counter()
-      kids.send({"cmd": "measure", "label": label, "repeats": s["repeats"], "steps": s["steps"]})
-      for msg in kids.messages(lambda m: m.get("event") == "done", FLAGS.timeout_s):
-        if msg.get("event") == "result":
-          msg.update(mbit=speed if ends[0] != ends[1] else None, qdisc=link.qdisc_text(),
-                     wall_s=time.perf_counter() - t0)
-          record["settings"].append(msg)
-          print(f"[slowlink] {label}: " + ", ".join(
-              f"{n} {1e3 * statistics.median(t):.0f} ms" for n, t in msg["times"].items()),
-                file=sys.stderr, flush=True)
+    for r in range(s["repeats"]):
+      order = speeds[r % len(speeds):] + speeds[:r % len(speeds)]
+      for speed in order:
+        label = _label(speed, local)
+        if not local:
+          link.set_rate(None if speed <= 0 else speed, FLAGS.delay_ms)
+        t0 = time.perf_counter()
+        kids.send({"cmd": "measure", "label": label, "round": r, "steps": s["steps"], "probe_reps": 5})
+        for msg in kids.messages(lambda m: m.get("event") == "done", FLAGS.timeout_s):
+          if msg.get("event") != "result":
+            continue
+          acc = record["settings"].setdefault(label, {
+              "label": label, "mbit": None if local else speed, "qdisc": link.qdisc_text(),
+              "probe_bytes": msg["probe_bytes"], "link_a2a_s": [], "fast_a2a_s": [], "loadavg_1m": [],
+              "wall_s": 0.0, "times": {n: [] for n in msg["times"]}})
+          acc["link_a2a_s"] += msg["link_a2a_s"]
+          acc["fast_a2a_s"] += msg["fast_a2a_s"]
+          acc["loadavg_1m"].append(os.getloadavg()[0])
+          acc["wall_s"] += time.perf_counter() - t0
+          for n, t in msg["times"].items():
+            acc["times"][n] += t
+          print(f"[slowlink] round {r} {label}: " + ", ".join(
+              f"{n} {1e3 * statistics.median(t):.0f} ms" for n, t in msg["times"].items()) +
+                f" (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
   finally:
     kids.close()
 
@@ -336,6 +368,8 @@ def run_auc(steps: int, out_dir: str) -> dict:
   runs = {"flat_tw": ("flat_dlrm.py:tiny", ["--config.sharding=table_wise"]),
           "dmt_c4": ("dmt_dlrm.py:tiny", ["--config.towers.compression=4", "--config.towers.num_towers=2"]),
           "dmt_c1": ("dmt_dlrm.py:tiny", ["--config.towers.compression=1", "--config.towers.num_towers=2"])}
+  if FLAGS.quick:
+    runs.pop("dmt_c1")
   result = {}
   for name, (cfg, over) in runs.items():
     wd = os.path.join(out_dir, f"auc_{name}")
@@ -349,7 +383,7 @@ def run_auc(steps: int, out_dir: str) -> dict:
       continue
     with open(os.path.join(wd, "metrics.jsonl")) as f:
       evals = [m for m in map(json.loads, f) if "eval/auc" in m]
-    result[name] = {"command": " ".join(cmd), "step": evals[-1]["step"], "auc": evals[-1]["eval/auc"],
+    result[name] = {"command": " ".join(["python"] + cmd[1:]), "step": evals[-1]["step"], "auc": evals[-1]["eval/auc"],
                     "ne": evals[-1].get("eval/ne")}
   return result
 
@@ -362,10 +396,12 @@ def summarize(record) -> list[dict]:
   (each device sends 3S/4 to its neighbours) as the run's own processes do it, ``inproc`` the same in a
   separate single process (in-process collectives, no gloo). Medians over the probe repetitions.
   """
-  local = next((x for x in record["settings"] if x["label"] == "local"), None)
+  settings_ = record["settings"]
+  ref = settings_.get("unthrottled", settings_.get("local"))
   inproc = record.get("inproc_probe")
   rows = []
-  for x in record["settings"]:
+  for x in sorted(settings_.values(), key=lambda x: (x["mbit"] is None, -1 if x["mbit"] is None else
+                                                      (x["mbit"] if x["mbit"] > 0 else float("inf")))):
     b = x["probe_bytes"]
     link = DEVICES_PER_PROCESS * b / 2 / statistics.median(x["link_a2a_s"])
     fast = DEVICES_PER_PROCESS * b * 3 / 4 / statistics.median(x["fast_a2a_s"])
@@ -384,9 +420,11 @@ def summarize(record) -> list[dict]:
       row["best_flat"] = best
       if "dmt_c4" in med:
         row["dmt_c4_speedup"] = flats[best] / med["dmt_c4"]
-      if local is not None and x is not local:
-        lt = statistics.median(local["times"][best])
+        row["dmt_c4_speedup_min"] = min(row[n]["min_ms"] for n in flats) / row["dmt_c4"]["min_ms"]
+      if ref is not None and x is not ref and x["label"] != "local":
+        lt = statistics.median(ref["times"][best])
         row["cross_host_share_best_flat"] = (flats[best] - lt) / flats[best]
+    row["loadavg_1m"] = statistics.mean(x["loadavg_1m"])
     rows.append(row)
   return rows
 
@@ -405,9 +443,10 @@ def markdown(rows, cases) -> str:
       v = r.get(c)
       cells.append(f"{v['median_ms']:.0f} [{v['min_ms']:.0f}–{v['max_ms']:.0f}]" if v else "")
     sp = r.get("dmt_c4_speedup")
-    cells.append(f"{sp:.2f}x (vs {r['best_flat']})" if sp else "")
+    cells.append(f"{sp:.2f}x (vs {r['best_flat']}; on min {r['dmt_c4_speedup_min']:.2f}x)" if sp else "")
     sh = r.get("cross_host_share_best_flat")
     cells.append(f"{100 * sh:.0f}%" if sh is not None else "")
+    cells.append(f"{r['loadavg_1m']:.1f}")
     out.append("| " + " | ".join(cells) + " |")
   return "\n".join(out)
 
@@ -424,11 +463,12 @@ def plot(rows, cases, path) -> None:
     lo = [r[c]["median_ms"] - r[c]["min_ms"] for r in link if c in r]
     hi = [r[c]["max_ms"] - r[c]["median_ms"] for r in link if c in r]
     line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=c)[0]
-    for r in rows:   # the same case with both processes in one namespace (no link): dotted
-      if r["label"] == "local" and c in r:
-        ax.axhline(r[c]["median_ms"], ls=":", color=line.get_color(), lw=0.8)
+    for r in rows:   # the same case on the uncapped veth (dashed) / in one namespace (dotted)
+      if r["label"] in ("unthrottled", "local") and c in r:
+        ax.axhline(r[c]["median_ms"], ls="--" if r["label"] == "unthrottled" else ":", color=line.get_color(),
+                   lw=0.8)
   ax.set(xscale="log", yscale="log", xlabel="link cap, Mbit/s per direction", ylabel="step time, ms (median, min-max)",
-         title="train step vs link cap (dotted: no link, 1 namespace)")
+         title="train step vs link cap (dashed: uncapped veth)")
   ax.legend(fontsize=8)
   sp = [r for r in link if "dmt_c4_speedup" in r]
   ax2.plot([r["fast_slow_ratio"] for r in sp], [r["dmt_c4_speedup"] for r in sp], marker="o")
@@ -443,8 +483,13 @@ def plot(rows, cases, path) -> None:
   fig.savefig(path, dpi=110)
 
 
+def _exit_on_sigterm(signum, _frame):
+  raise SystemExit(128 + signum)   # unwinds through the finally blocks: children stopped, link removed
+
+
 def parent_main() -> int:
   from dmt_jax.analysis import netem
+  signal.signal(signal.SIGTERM, _exit_on_sigterm)
   ok, why = netem.netns_supported()
   if not ok:
     print(f"slow_link_benchmark: cannot emulate the link: {why}", file=sys.stderr)
@@ -454,7 +499,7 @@ def parent_main() -> int:
   os.makedirs(out_dir, exist_ok=True)
   command = "python experiments/slow_link_benchmark.py " + " ".join(sys.argv[1:])
   print(f"[slowlink] {command}", file=sys.stderr, flush=True)
-  record = {"command": command, "settings_used": s, "delay_ms": FLAGS.delay_ms, "cases": {}, "settings": [],
+  record = {"command": command, "settings_used": s, "delay_ms": FLAGS.delay_ms, "cases": {}, "settings": {},
             "processes": NUM_PROCESSES, "devices_per_process": DEVICES_PER_PROCESS}
   spec = netem.LinkSpec.unique(os.getpid())
   record["link"] = {"ns": [spec.ns_a, spec.ns_b], "addresses": [spec.addr_a, spec.addr_b],
@@ -484,14 +529,16 @@ def parent_main() -> int:
   md.append("Cross-host bytes per device per step (HLO of the compiled step; cross_tower = every collective "
             "whose group spans both hosts, remote a2a = all-to-all bytes that leave the host):")
   md.append("")
-  md.append("| case | cross_tower_bytes | embedding_cross_tower_bytes | dense_sync_bytes | remote a2a bytes | compile s |")
-  md.append("|---|---|---|---|---|---|")
+  md.append("| case | cross_tower_bytes | embedding_cross_tower_bytes | dense_sync_bytes | remote a2a bytes | "
+            "intra_tower_bytes | compile s |")
+  md.append("|---|---|---|---|---|---|---|")
   for n in s["cases"]:
     c = record["cases"].get(n, {})
     cm = c.get("comm", {})
     md.append(f"| {n} | {cm.get('cross_tower_bytes', 0) / 1e6:.2f} MB | "
               f"{cm.get('embedding_cross_tower_bytes', 0) / 1e6:.2f} MB | {cm.get('dense_sync_bytes', 0) / 1e6:.2f} MB | "
-              f"{c.get('remote_a2a_bytes', 0) / 1e6:.2f} MB | {c.get('compile_s', 0):.0f} |")
+              f"{c.get('remote_a2a_bytes', 0) / 1e6:.2f} MB | {cm.get('intra_tower_bytes', 0) / 1e6:.2f} MB | "
+              f"{c.get('compile_s', 0):.0f} |")
   if "auc" in record:
     md += ["", "AUC (tiny preset, one process, 2x4 mesh, no link emulation):", ""]
     for n, a in record["auc"].items():

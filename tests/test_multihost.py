@@ -168,20 +168,21 @@ def test_sigkill_of_one_training_process_ends_the_launcher(tmp_path):
          "--", MAIN, "--config=experiments/configs/dmt_dlrm.py:tiny", f"--workdir={workdir}",
          "--config.num_train_steps=100000", "--config.eval_every=0", "--config.log_every=1",
          "--config.checkpoint_every=0"]
-  launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                              env=_env())
+  log = tmp_path / "launcher.log"  # A file, not a pipe: nobody drains it while we wait.
+  with open(log, "w") as f:
+    launcher = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
   try:
     metrics = workdir / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # both are training
-      assert launcher.poll() is None, launcher.communicate()
+      assert launcher.poll() is None, log.read_text()[-3000:]
       assert time.monotonic() < deadline, "training did not start within 240 s"
       time.sleep(0.2)
     p1 = [pid for pid in _children(launcher.pid) if b"--process_id=1" in _cmdline(pid)]
     assert len(p1) == 1, p1
     os.kill(p1[0], signal.SIGKILL)
     t0 = time.monotonic()
-    out, err = launcher.communicate(timeout=60)
+    launcher.wait(timeout=60)
     took = time.monotonic() - t0
   finally:
     if launcher.poll() is None:  # Test failed: clean up the launcher and its children (own sessions).
@@ -193,9 +194,10 @@ def test_sigkill_of_one_training_process_ends_the_launcher(tmp_path):
           os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
           pass
-  assert launcher.returncode != 0, err[-3000:]
+  out = log.read_text()
+  assert launcher.returncode != 0, out[-3000:]
   assert took < 60, took
-  assert "[launch] process 1 was killed by SIGKILL" in err, err[-3000:]
+  assert "[launch] process 1 was killed by SIGKILL" in out, out[-3000:]
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------

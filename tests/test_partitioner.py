@@ -189,3 +189,102 @@ def test_towers_file_round_trips(tmp_path):
   cfg = config_base.get_config("dlrm", "dmt", "tiny")
   cfg.towers.file = path
   assert train.parse_towers(cfg, fs) == part.towers
+
+
+# --- flat -> DMT -------------------------------------------------------------------------------------
+
+def _logits(exp, state, batch):
+  from dmt_jax import train
+  logits, overflow = train.make_eval_step(exp)(state, train.to_global(exp, batch))
+  assert int(overflow) == 0
+  return np.asarray(logits)
+
+
+@pytest.mark.slow
+def test_flat_checkpoint_to_dmt_partition_and_identity_conversion(tmp_path):
+  """Flat run -> partition.py (CLI) -> converted DMT-identity model == flat model; init_from trains."""
+  import os
+  import subprocess
+  import sys
+  from dmt_jax import checkpoint as ckpt_lib
+  from dmt_jax import convert, train
+  flat_dir, towers = str(tmp_path / "flat"), str(tmp_path / "towers.json")
+  cfg = config_base.get_config("dlrm", "flat", "tiny,steps=20")
+  cfg.checkpoint_every, cfg.eval_every = 20, 0
+  train.train_and_evaluate(cfg, flat_dir)
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, os.path.join(root, "experiments", "partition.py"),
+                        "--config=" + os.path.join(root, "experiments/configs/flat_dlrm.py") + ":tiny",
+                        f"--workdir={flat_dir}", "--num_towers=4", "--method=affinity", f"--output={towers}",
+                        "--num_sample_batches=1"], capture_output=True, text=True, timeout=600, cwd=root)
+  assert out.returncode == 0, out.stderr[-3000:]
+  spec = json.load(open(towers))
+  assert spec["method"] == "affinity" and spec["measure"] == "interaction" and len(spec["towers"]) == 4
+  assert spec["imbalance"]["width"] == 1.0 and spec["source"]["step"] == 20
+
+  flat_exp = train.build_experiment(cfg)
+  _, logical = ckpt_lib.load_logical(flat_dir)
+  flat_state = ckpt_lib.state_from_logical(flat_exp, logical)
+  batch = next(iter(flat_exp.source.eval_batches()))
+  want = _logits(flat_exp, flat_state, batch)
+
+  dcfg = config_base.get_config("dlrm", "dmt", "tiny")
+  dcfg.towers.file, dcfg.towers.num_towers = towers, 4
+  dcfg.towers.module, dcfg.towers.compression = "identity", 1.0
+  dexp = train.build_experiment(dcfg)
+  dstate, report = convert.init_state_from_checkpoint(dexp, flat_dir)
+  assert report["reinitialised"] == [] and report["source_step"] == 20
+  np.testing.assert_allclose(_logits(dexp, dstate, batch), want, rtol=1e-5, atol=1e-6)
+
+  # a compressing tower module: tables carried over, bottom MLP kept, first top layer + towers fresh
+  dcfg.towers.module, dcfg.towers.compression = "dot", 4.0
+  dcfg.num_train_steps, dcfg.eval_every, dcfg.checkpoint_every, dcfg.init_from = 2, 0, 0, flat_dir
+  dexp = train.build_experiment(dcfg)
+  new, report = convert.logical_from_checkpoint(flat_dir, dexp)
+  assert "['dense']['bottom_mlp']['dense_0']['kernel']" in report["kept"]
+  assert any("top_mlp']['dense_0']" in k for k in report["reinitialised"])
+  for name, tab in logical["tables"].items():
+    np.testing.assert_array_equal(new["tables"][name], tab)
+  result = train.train_and_evaluate(dcfg, str(tmp_path / "dmt"))
+  assert np.isfinite(result["auc"])
+
+
+@pytest.mark.slow
+def test_tp_recovers_planted_groups_from_a_briefly_trained_flat_model():
+  """300 flat steps on a planted-interaction task, then TP on the model's learned interactions.
+
+  The task is the tiny layout with 16 tables of 50 rows and a stronger, flatter-popularity planted
+  signal (``SyntheticClickData(latent_mean=0.5, signal_std=5, zipf_exponent=0.8)``): there a DLRM
+  learns the pairwise structure within a few hundred steps. (On the default tiny task it takes
+  ~4000 steps; see BENCHMARKS_partition.md.)
+  """
+  from dmt_jax import train
+  from dmt_jax.data.synthetic import SyntheticClickData
+  cfg = config_base.get_config("dlrm", "flat", "tiny")
+  cfg.data.vocab_sizes = (50,) * 16
+  cfg.learning_rate = 3e-3
+  exp = train.build_experiment(cfg)
+  gen = SyntheticClickData(exp.fs, seed=0, num_planted_groups=4, latent_mean=0.5, signal_std=5.0,
+                           zipf_exponent=0.8)
+  exp.source.gen = gen
+  state = train.init_state(exp, 0)
+  step = train.make_train_step(exp, train.state_shardings(state))
+  for s in range(300):
+    state, _ = step(state, train.to_global(exp, exp.source.train_batch(s)))
+  tables = exp.engine.tables_to_logical(state["tables"])
+  batches = [exp.source.train_batch(1000 + i) for i in range(4)]
+  fs = exp.fs
+  emb = tp.pooled_embeddings(fs, tables, np.concatenate([b.ids for b in batches]),
+                             np.concatenate([b.weights for b in batches]))
+  params = jax.device_get(state["params"]["dense"])
+  logit_fn = jax.jit(lambda d, e: exp.model.apply({"params": params}, d, e))
+  affinity = tp.interaction_affinity(logit_fn, np.concatenate([b.dense for b in batches]), emb)
+  costs = tp.feature_costs(fs, batches)
+  cons = tp.Constraints(4, 2)
+  part = tp.partition(fs, costs, cons, "affinity", affinity, seed=0)
+  assert tp.adjusted_rand_index(gen.group_of, part.labels(16)) >= 0.9, part.towers
+  assert_limits_hold(part, costs, cons)
+  rand = [tp.adjusted_rand_index(gen.group_of, tp.partition(fs, costs, cons, "random", affinity, seed=s).labels(16))
+          for s in range(5)]
+  assert max(rand) < 0.5
