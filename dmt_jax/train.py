@@ -257,16 +257,17 @@ def evaluate(exp: Experiment, eval_step, state) -> dict:
 
 # --- the loop --------------------------------------------------------------------------------------
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   """Trains ``config`` and writes ``config.json``, ``metrics.jsonl`` and checkpoints under ``workdir``.
 
   Returns the last eval metrics. Resumes from the latest complete checkpoint in ``workdir``.
+  ``devices``: the devices of the mesh (default ``jax.devices()``), e.g. CPU devices in a notebook.
   """
   from dmt_jax import checkpoint as ckpt_lib
   from dmt_jax.metrics_writer import MetricsWriter
   pidx, pcount = jax.process_index(), jax.process_count()
   stop = ckpt_lib.PreemptionFlag.install()   # early: a SIGTERM during start-up saves after one step
-  exp = build_experiment(config, pidx, pcount)
+  exp = build_experiment(config, pidx, pcount, devices)
   writer = MetricsWriter(workdir, enabled=pidx == 0)
   writer.write_config(config)
   state = init_state(exp, int(config.seed))

@@ -12,7 +12,13 @@ devices (host=2 x device=4) with ``train.train_and_evaluate``; seed k sets both 
   ``item_id, genres, year``. With the padded tower width F_t = 5 a tower emits K = ceil(5 / c) vectors:
   c=1 -> 5, c=2 -> 3, c=4 -> 2 (the flat over-arch sees 8 feature vectors, DMT 2K).
 * ``contiguous``: ``config.towers.num_towers`` (default one per group) contiguous blocks of features.
-* ``file``: ``--towers_file`` (towers JSON, e.g. the tower partitioner's output; ``config.towers.file``).
+* ``file``: ``--towers_file`` (towers JSON, ``config.towers.file``), e.g. the tower partitioner's output
+  from a flat run of the same preset (``{model}`` in the path is replaced by the model name)::
+
+    python experiments/main.py --config=experiments/configs/flat_dlrm.py:movielens --workdir=/tmp/p/flat_dlrm
+    python experiments/partition.py --workdir=/tmp/p/flat_dlrm --num_towers=2 --output=/tmp/p/towers_dlrm.json
+    (same for dcn)
+    python experiments/quality_study.py --output_dir=/tmp/q --towers=file --towers_file=/tmp/p/towers_{model}.json
 
 Trivial baselines on the same eval rows: the base-rate predictor (train CTR), the item-CTR predictor
 (per-item train CTR shrunk to the base rate with strength ``--prior``) and the item-popularity predictor
@@ -42,7 +48,8 @@ flags.DEFINE_string("config_arg", "movielens", "Preset and overrides for every a
 flags.DEFINE_string("dmt_arg", "", "Extra comma-separated key=value overrides for the DMT arms only.")
 flags.DEFINE_string("tower_module", "linear", "DMT tower module: identity, linear, mlp, dcn, dot.")
 flags.DEFINE_enum("towers", "semantic", ["semantic", "contiguous", "file"], "DMT tower assignment.")
-flags.DEFINE_string("towers_file", "", "Towers JSON for --towers=file (e.g. the partitioner's output).")
+flags.DEFINE_string("towers_file", "", "Towers JSON for --towers=file (e.g. experiments/partition.py's "
+                    "output); '{model}' in the path is replaced by dlrm / dcn.")
 flags.DEFINE_string("data_path", "", "recbole wheel cache dir (default ~/.cache/dmt_jax).")
 flags.DEFINE_float("prior", 10.0, "Shrinkage strength (pseudo-ratings) of the item-CTR baseline.")
 flags.DEFINE_integer("num_cpu_devices", 8, "Fake CPU devices.")
@@ -76,7 +83,7 @@ def arm_config(model: str, comp: float | None, seed: int):
     elif FLAGS.towers == "file":
       if not FLAGS.towers_file:
         raise app.UsageError("--towers=file needs --towers_file")
-      c.towers.file = FLAGS.towers_file
+      c.towers.file = FLAGS.towers_file.format(model=model)
   return c
 
 
@@ -175,6 +182,8 @@ def markdown(rows, base, meta) -> str:
          f"tower module: {meta['tower_module']}.", "",
          "| model | arm | AUC (mean ± std) | NE (mean ± std) | ΔAUC vs flat (paired) | within 0.003 | s/run |",
          "|---|---|---|---|---|---|---|"]
+  for model, towers in meta.get("towers_by_model", {}).items():
+    out.insert(3, f"Towers for {model}: " + " | ".join(", ".join(map(str, t)) for t in towers) + "\n")
   for r in rows:
     dauc = "—" if r["compression"] is None else f"{r['dauc_mean']:+.4f} ± {r['dauc_std']:.4f}"
     ok = "—" if r["compression"] is None else ("yes" if r["within_tolerance"] else "**no**")
@@ -241,8 +250,13 @@ def main(argv):
   meta = {"command": cmd, "seeds": FLAGS.seeds, "config_arg": FLAGS.config_arg, "dmt_arg": FLAGS.dmt_arg,
           "tower_module": FLAGS.tower_module,
           "towers": {"semantic": f"2 fixed towers {SEMANTIC_TOWERS!r} (user side | item side)",
-                     "contiguous": "contiguous blocks", "file": FLAGS.towers_file}[FLAGS.towers],
+                     "contiguous": "contiguous blocks of features",
+                     "file": f"from {FLAGS.towers_file}"}[FLAGS.towers],
           "tolerance": TOLERANCE}
+  if FLAGS.towers == "file":
+    for model in FLAGS.models:
+      with open(FLAGS.towers_file.format(model=model)) as f:
+        meta.setdefault("towers_by_model", {})[model] = json.load(f)["towers"]
   with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
     json.dump({"meta": meta, "arms": rows, "baselines": base, "runs": runs}, f, indent=1)
   md = markdown(rows, base, meta)
