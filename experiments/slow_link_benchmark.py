@@ -431,7 +431,7 @@ def summarize(record) -> list[dict]:
 
 def markdown(rows, cases) -> str:
   head = ["link Mbit/s (cap)", "link MB/s (measured)", "fast/slow (gloo intra-host)", "fast/slow (in-memory)"] + [
-      f"{c} ms" for c in cases] + ["dmt_c4 vs best flat", "cross-host share of best flat step"]
+      f"{c} ms" for c in cases] + ["dmt_c4 vs best flat", "cross-host share of best flat step", "load (1 min)"]
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     is_local = r["label"] == "local"
