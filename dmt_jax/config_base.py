@@ -147,6 +147,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.eval_every = 200
     c.checkpoint_every = 0             # only the final checkpoint
     c.embedding_learning_rate = 0.05
+    # Adagrad from a zero accumulator. Measured (flat DLRM eval AUC at 400 steps, 2 seeds): 0.7881 at 0,
+    # 0.7848 at 1e-4; at the base default 0.01: 0.7765 (lr 0.05, 1 seed), 0.7805 / 0.7834 (lr 0.2 / 0.5).
+    c.embedding_initial_accumulator = 0.0
   else:
     raise ValueError(f"unknown config arg {preset!r}; choose one of {PRESETS}")
 
