@@ -121,7 +121,9 @@ def test_launcher_stops_all_when_one_fails(tmp_path, mode, code):
   assert took < 60, took
   assert "[p0] BLOCKING" in r.stdout, out
   assert "UNREACHABLE" not in out
-  assert "[launch] process 1" in r.stderr, out
+  # Which failure the launcher sees first is a race: the killed process 1, or process 0 whose blocked
+  # collective fails when its peer's connection closes. Either way the launcher reports and exits.
+  assert "[launch] process 1" in r.stderr or "[launch] process 0" in r.stderr, out
 
 
 def _free_port():
