@@ -154,6 +154,17 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     raise ValueError(f"unknown config arg {preset!r}; choose one of {PRESETS}")
 
 
+def set_fields(c: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
+  """Sets dotted fields in place (``{"towers.compression": 2.0}``) and returns ``c``."""
+  for key, value in fields.items():
+    node = c
+    *path, leaf = key.split(".")
+    for q in path:
+      node = node[q]
+    node[leaf] = value
+  return c
+
+
 def get_config(model: str, mode: str, arg: str | None) -> ml_collections.ConfigDict:
   """``arg`` = ``preset[,key=value...]``; keys are dotted config fields (``steps`` = num_train_steps)."""
   c = base(model, mode)

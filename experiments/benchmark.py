@@ -42,12 +42,7 @@ def base_config(mode, quick, **over):
   if quick:
     c.data.vocab_sizes = (20_000,) * 26
     c.batch_size = 1024
-  for k, v in over.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config_base.set_fields(c, over)
   return c
 
 

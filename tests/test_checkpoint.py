@@ -27,12 +27,7 @@ def _cfg(mode, model="dlrm", **over):
   c.batch_size, c.eval_batch_size, c.num_eval_batches = 64, 64, 1
   if mode == "dmt":
     c.towers.num_towers = 4
-  for k, v in over.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config_base.set_fields(c, over)
   return c
 
 

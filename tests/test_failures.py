@@ -15,12 +15,7 @@ from dmt_jax.features import BadInputError
 def _cfg(mode_="dmt", model_="dlrm", **over):
   c = config_base.get_config(model_, mode_, "tiny")
   c.batch_size, c.eval_batch_size, c.num_eval_batches = 64, 64, 1
-  for k, v in over.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config_base.set_fields(c, over)
   return c
 
 

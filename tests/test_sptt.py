@@ -25,12 +25,7 @@ def _config(model, mode, topology="host=2,device=4", **over):
   c.model.bottom_mlp = (32, 16)
   c.model.top_mlp = (32, 1)
   c.model.deep_mlp = (32,)
-  for k, v in over.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config_base.set_fields(c, over)
   return c
 
 
