@@ -179,11 +179,11 @@ def markdown(rows, base, meta) -> str:
   out = [f"Command: `{meta['command']}`", "",
          f"MovieLens-100K, eval = per-user temporal split (last 20% of each user's ratings), "
          f"{base['_rows']} eval rows; {meta['seeds']} seeds per arm; DMT towers: {meta['towers']}; "
-         f"tower module: {meta['tower_module']}.", "",
-         "| model | arm | AUC (mean ± std) | NE (mean ± std) | ΔAUC vs flat (paired) | within 0.003 | s/run |",
-         "|---|---|---|---|---|---|---|"]
+         f"tower module: {meta['tower_module']}.", ""]
   for model, towers in meta.get("towers_by_model", {}).items():
-    out.insert(3, f"Towers for {model}: " + " | ".join(", ".join(map(str, t)) for t in towers) + "\n")
+    out += [f"Towers for {model}: " + " | ".join(", ".join(map(str, t)) for t in towers), ""]
+  out += ["| model | arm | AUC (mean ± std) | NE (mean ± std) | ΔAUC vs flat (paired) | within 0.003 | s/run |",
+          "|---|---|---|---|---|---|---|"]
   for r in rows:
     dauc = "—" if r["compression"] is None else f"{r['dauc_mean']:+.4f} ± {r['dauc_std']:.4f}"
     ok = "—" if r["compression"] is None else ("yes" if r["within_tolerance"] else "**no**")
