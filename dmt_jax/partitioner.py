@@ -32,7 +32,7 @@ Three parts, each usable alone:
      but it cannot tell a pair the top MLP uses from one it ignores: a DLRM represents first-order
      effects through dot products with every other feature, so cross-group dots are as large as
      within-group ones. On the tiny planted task it stays at chance (ARI <= 0.08 from 150 to 4000
-     steps) while ``"interaction"`` reaches ARI 1.0 at 4000 steps (BENCHMARKS_partition.md).
+     steps) while ``"interaction"`` reaches ARI 1.0 at 4000 steps (BENCHMARKS.md, "Tower partitioner quality").
 
    Either measure only sees what the model has learned: a briefly trained model has learned
    first-order effects, not the pairwise structure (tiny task: ARI ~0.1 at 150-1000 steps, 0.69 at

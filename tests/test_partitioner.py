@@ -257,7 +257,7 @@ def test_tp_recovers_planted_groups_from_a_briefly_trained_flat_model():
   The task is the tiny layout with 16 tables of 50 rows and a stronger, flatter-popularity planted
   signal (``SyntheticClickData(latent_mean=0.5, signal_std=5, zipf_exponent=0.8)``): there a DLRM
   learns the pairwise structure within a few hundred steps. (On the default tiny task it takes
-  ~4000 steps; see BENCHMARKS_partition.md.)
+  ~4000 steps; see BENCHMARKS.md.)
   """
   from dmt_jax import train
   from dmt_jax.data.synthetic import SyntheticClickData
