@@ -208,6 +208,34 @@ def interaction_affinity(logit_fn: Callable[[np.ndarray, np.ndarray], np.ndarray
   return a
 
 
+def affinity_from_logical(model_cfg, fs: FeatureSet, logical: Mapping, batches: Sequence,
+                          measure: str = "interaction", seed: int = 0) -> np.ndarray:
+  """``A [F, F]`` of a trained flat (or identity-tower) model from its logical checkpoint.
+
+  Args:
+    model_cfg: ``config.model`` of the run (builds the over-arch that ``logical`` holds params for).
+    logical: from ``checkpoint.load_logical`` (``tables`` and ``params["dense"]`` are used).
+    batches: sample ``Batch``es (numpy) whose rows the affinity is measured on.
+    measure: ``"interaction"`` (the model's mixed second difference) or ``"dot"``.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from dmt_jax.models import dmt as dmt_models
+  ids = np.concatenate([b.ids for b in batches])
+  weights = np.concatenate([b.weights for b in batches])
+  dense = np.concatenate([b.dense for b in batches]).astype(np.float32)
+  emb = pooled_embeddings(fs, logical["tables"], ids, weights)
+  if measure == "dot":
+    return dot_affinity(emb)
+  if measure != "interaction":
+    raise ValueError(f"affinity measure must be 'interaction' or 'dot', got {measure!r}")
+  model = dmt_models.over_arch(model_cfg, fs.uniform_dim())
+  params = jax.tree.map(jnp.asarray, logical["params"]["dense"])
+  logits = jax.jit(lambda d, e: model.apply({"params": params}, d, e))
+  return interaction_affinity(lambda d, e: logits(d, e), dense, emb, seed=seed)
+
+
 def unit_affinity(affinity: np.ndarray, units: Sequence[Sequence[int]]) -> np.ndarray:
   """``[U, U]``: summed feature affinity between units (zero diagonal)."""
   U = len(units)

@@ -65,14 +65,12 @@ def main(argv):
   del argv
   import jax
   jax.config.update("jax_platforms", "cpu")
-  import jax.numpy as jnp
   import ml_collections
   import numpy as np
 
   from dmt_jax import checkpoint as ckpt_lib
   from dmt_jax import partitioner as tp
   from dmt_jax.data import pipeline
-  from dmt_jax.models import dmt as dmt_models
   from dmt_jax.topology import Topology
 
   config_dict = logical = None
@@ -98,17 +96,7 @@ def main(argv):
     if config_dict and config_dict.get("mode") == "dmt" and config_dict["towers"]["module"] != "identity":
       raise app.UsageError("the affinity needs a flat (or identity-tower DMT) checkpoint: its over-arch must "
                            "see one embedding per feature")
-    ids = np.concatenate([b.ids for b in batches])
-    weights = np.concatenate([b.weights for b in batches])
-    dense = np.concatenate([b.dense for b in batches]).astype(np.float32)
-    emb = tp.pooled_embeddings(fs, logical["tables"], ids, weights)
-    if FLAGS.measure == "dot":
-      affinity = tp.dot_affinity(emb)
-    else:
-      model = dmt_models.over_arch(config.model, fs.uniform_dim())
-      params = jax.tree.map(jnp.asarray, logical["params"]["dense"])
-      logits = jax.jit(lambda d, e: model.apply({"params": params}, d, e))
-      affinity = tp.interaction_affinity(lambda d, e: logits(d, e), dense, emb, seed=FLAGS.seed)
+    affinity = tp.affinity_from_logical(config.model, fs, logical, batches, FLAGS.measure, FLAGS.seed)
   try:
     part = tp.partition(fs, costs, cons, FLAGS.method, affinity, seed=FLAGS.seed, restarts=FLAGS.restarts)
   except tp.InfeasiblePartition as e:
