@@ -20,14 +20,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+import runtime_flags
+
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
-flags.DEFINE_integer("num_cpu_devices", None, "Fake CPU devices per process (default: config).")
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
-flags.DEFINE_integer("num_processes", None, "Number of JAX processes (multi-process).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-flags.DEFINE_string("distributed", "", "'auto': let jax.distributed detect SLURM / Open MPI / TPU.")
 flags.DEFINE_bool("compact", False, "Omit the per-collective list.")
 flags.mark_flags_as_required(["config"])
+runtime_flags.define()
 FLAGS = flags.FLAGS
 
 
@@ -35,12 +33,7 @@ def main(argv):
   del argv
   import jax
   config = FLAGS.config
-  ndev = FLAGS.num_cpu_devices if FLAGS.num_cpu_devices is not None else config.num_cpu_devices
-  if ndev:
-    jax.config.update("jax_num_cpu_devices", int(ndev))
-  from dmt_jax import distributed
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                         auto=FLAGS.distributed == "auto")
+  runtime_flags.start(config)
   from dmt_jax import train
   from dmt_jax.analysis.step_report import step_report
   exp = train.build_experiment(config, jax.process_index(), jax.process_count())
