@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -102,6 +103,10 @@ class Launcher:
     self.stop_deadline: float | None = None  # When set: SIGKILL whatever is alive at this time.
     self.exit_code: int | None = None
     self.signals = 0
+    # (index, status) in the order the children exited: one waiter thread per child reaps it the moment
+    # it exits, so the first failure is told apart from the failures it causes (a peer's collective
+    # breaking milliseconds later) even when both have exited by the time the main loop looks.
+    self.exits: queue.Queue[tuple[int, int]] = queue.Queue()
 
   def start(self) -> None:
     a = self.args
@@ -117,6 +122,7 @@ class Launcher:
       proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                               env=env, start_new_session=True)
       self.procs.append(proc)
+      threading.Thread(target=lambda i=i, p=proc: self.exits.put((i, p.wait())), daemon=True).start()
       for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
         t = threading.Thread(target=_pump, args=(stream, out, f"[p{i}] "), daemon=True)
         t.start()
@@ -141,15 +147,21 @@ class Launcher:
 
   def wait(self) -> int:
     """Polls the children until all have exited; returns the launcher's exit status."""
+    exited = 0
     while True:
-      codes = [p.poll() for p in self.procs]
-      for i, c in enumerate(codes):
-        if c not in (None, 0) and self.exit_code is None:
-          self.exit_code = c if 0 < c < 256 else 1
-          how = f"was killed by {signal.Signals(-c).name}" if c < 0 else f"exited with status {c}"
-          self.stop_all(signal.SIGTERM, f"process {i} {how}")
-      if all(c is not None for c in codes):
+      try:
+        while True:
+          i, c = self.exits.get_nowait()
+          exited += 1
+          if c != 0 and self.exit_code is None:
+            self.exit_code = c if 0 < c < 256 else 1
+            how = f"was killed by {signal.Signals(-c).name}" if c < 0 else f"exited with status {c}"
+            self.stop_all(signal.SIGTERM, f"process {i} {how}")
+      except queue.Empty:
+        pass
+      if exited == len(self.procs):
         break
+      codes = [p.returncode for p in self.procs]
       if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
         alive = [i for i, c in enumerate(codes) if c is None]
         log(f"processes {alive} still alive after the grace period; sending SIGKILL")
