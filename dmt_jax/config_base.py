@@ -31,6 +31,8 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.sharding = "table_wise"          # flat: table_wise|row_wise|column_wise|data_parallel|table_row_wise
                                      # dmt: sharding inside a tower group: table_wise|row_wise|column_wise
   c.capacity_factor = 0.0            # id all-to-all capacity per destination; 0 = overflow impossible
+  c.static_routing = True            # table/column-wise, data-parallel: route ids by static slot maps
+                                     # (no sort) when bags are uniform per member; False = always bucket
   c.embedding_optimizer = "adagrad"  # sgd | adagrad | rowwise_adagrad (row-sparse, on the owning shard)
   c.embedding_learning_rate = 0.1
   c.embedding_initial_accumulator = 0.01   # > 0 keeps early Adagrad steps insensitive to summation order

@@ -5,6 +5,7 @@ route -> gather -> embed -> vjp -> update once, in one jit, cached per module; t
 compare its outputs with numpy references written here.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -35,6 +36,17 @@ FS = FeatureSet(
               FeatureSpec("h", "t0", 1, "sum", True)),
     num_dense=3)
 
+# Every bag the same length (2), so table-/column-wise lookups take the static path (lookup.py); still
+# multi-hot with padding, weights, mean pooling and a shared table.
+FS_UNIFORM = FeatureSet(
+    tables=(TableSpec("t0", 50, D), TableSpec("t1", 70, D), TableSpec("t2", 30, D),
+            TableSpec("t3", 90, D), TableSpec("t4", 40, D)),
+    features=(FeatureSpec("a", "t0", 2, "sum", True), FeatureSpec("b", "t1", 2),
+              FeatureSpec("c", "t2", 2, "mean"), FeatureSpec("d", "t3", 2),
+              FeatureSpec("e", "t4", 2, "mean", True), FeatureSpec("f", "t0", 2, "mean"),
+              FeatureSpec("g", "t1", 2, "sum", True), FeatureSpec("h", "t3", 2)),
+    num_dense=3)
+
 MESHES = {"1x8": (("host", 1), ("device", 8)),
           "2x4": (("host", 2), ("device", 4)),
           "4x2": (("host", 4), ("device", 2)),
@@ -54,11 +66,23 @@ CASES["2x4-row_wise-device"] = ("2x4", EngineConfig(mode="flat", sharding="row_w
 for _m in TOWERS:
   for _k in ("table_wise", "row_wise", "column_wise"):
     CASES[f"towers-{_m}-{_k}"] = (_m, EngineConfig(mode="towers", sharding=_k, towers=TOWERS[_m]))
+# Uniform bags: table-, column-wise and data-parallel take the static path (mixed bags above bucket);
+# each has a twin forced onto the bucketed path.
+TOWERS_UNIFORM = [[5, 0], [6, 1], [4, 2], [7, 3]]          # 2 groups x 2 towers, tables kept in a group
+for _m in ("1x8", "2x4"):
+  for _k in ("table_wise", "column_wise", "data_parallel"):
+    CASES[f"uniform-{_m}-{_k}"] = (_m, EngineConfig(mode="flat", sharding=_k), FS_UNIFORM)
+for _k in ("table_wise", "column_wise"):
+  CASES[f"uniform-towers-2x4-{_k}"] = ("2x4", EngineConfig(mode="towers", sharding=_k, towers=TOWERS_UNIFORM),
+                                       FS_UNIFORM)
+for _name in [n for n in CASES if n.startswith("uniform-") and "1x8" not in n]:
+  _m, _cfg, _fs = CASES[_name]
+  CASES[_name + "-bucketed"] = (_m, dataclasses.replace(_cfg, static_routing=False), _fs)
 
 
 # --- numpy references --------------------------------------------------------------------------
 
-def make_batch(seed=0):
+def make_batch(seed=0, FS=FS):
   """Multi-hot ids with -1 padding (some bags empty), weights 1 for unweighted features, 0 at padding."""
   rng = np.random.default_rng(seed)
   Bg = B * N
@@ -78,7 +102,7 @@ def make_batch(seed=0):
   return ids, w
 
 
-def _scales(ids, w, i):
+def _scales(ids, w, i, FS=FS):
   """[Bg, bag] multiplier of each id of feature i (weight, / count for mean), 0 at padding."""
   f = FS.features[i]
   offs = FS.slot_offsets
@@ -89,20 +113,20 @@ def _scales(ids, w, i):
   return x, s
 
 
-def ref_lookup(tables, ids, w):
+def ref_lookup(tables, ids, w, FS=FS):
   out = []
   for i, f in enumerate(FS.features):
-    x, s = _scales(ids, w, i)
+    x, s = _scales(ids, w, i, FS)
     T = tables[f.table].astype(np.float64)
     out.append((T[np.maximum(x, 0)] * s[..., None]).sum(1))
   return np.stack(out, 1)
 
 
-def ref_grad(ids, w, ct):
+def ref_grad(ids, w, ct, FS=FS):
   """Dense d(sum(emb * ct)) / d(table) for every table, by explicit loops over ids."""
   g = {t.name: np.zeros((t.vocab_size, t.dim)) for t in FS.tables}
   for i, f in enumerate(FS.features):
-    x, s = _scales(ids, w, i)
+    x, s = _scales(ids, w, i, FS)
     for b in range(x.shape[0]):
       for j in range(x.shape[1]):
         if x[b, j] >= 0:
@@ -110,7 +134,7 @@ def ref_grad(ids, w, ct):
   return g
 
 
-def touched_rows(ids):
+def touched_rows(ids, FS=FS):
   t = {tb.name: np.zeros(tb.vocab_size, bool) for tb in FS.tables}
   offs = FS.slot_offsets
   for i, f in enumerate(FS.features):
@@ -121,16 +145,21 @@ def touched_rows(ids):
 
 # --- one cached run per case ----------------------------------------------------------------------
 
+def case_features(name):
+  return CASES[name][2] if len(CASES[name]) > 2 else FS
+
+
 @functools.lru_cache(maxsize=None)
 def run_case(name):
-  mesh_name, cfg = CASES[name]
+  mesh_name, cfg = CASES[name][:2]
+  fs = case_features(name)
   topo = Topology(MESHES[mesh_name], "host")
-  eng = EmbeddingEngine(FS, topo, make_mesh(topo), cfg, SparseOptimizer("sgd", 1.0), batch_per_device=B)
+  eng = EmbeddingEngine(fs, topo, make_mesh(topo), cfg, SparseOptimizer("sgd", 1.0), batch_per_device=B)
   tabs = eng.init_logical(jax.random.key(0))
   blocks = eng.tables_from_logical(tabs)
   opt = eng.init_optimizer_state(blocks)
-  ids, w = make_batch()
-  ct = np.random.default_rng(1).normal(size=(B * N, FS.num_features, D)).astype(np.float32)
+  ids, w = make_batch(FS=fs)
+  ct = np.random.default_rng(1).normal(size=(B * N, fs.num_features, D)).astype(np.float32)
 
   def step(blocks, opt, ids, w, ct):
     routed = eng.route(ids, w)
@@ -144,16 +173,17 @@ def run_case(name):
   # LLVM -O0 halves the CPU compile time of these tiny programs; the XLA graph is unchanged.
   compiled = jax.jit(step).lower(*args).compile({"xla_backend_optimization_level": 0})
   emb, nb, overflow = compiled(*args)
-  return dict(eng=eng, tabs=tabs, ids=ids, w=w, ct=ct, emb=np.asarray(emb), new_blocks=np.asarray(nb),
+  return dict(fs=fs, eng=eng, tabs=tabs, ids=ids, w=w, ct=ct, emb=np.asarray(emb), new_blocks=np.asarray(nb),
               new=eng.tables_to_logical(nb), roundtrip=eng.tables_to_logical(blocks),
               overflow=np.asarray(overflow))
 
 
-@pytest.fixture(scope="module")
-def grads():
-  ids, w = make_batch()
-  ct = np.random.default_rng(1).normal(size=(B * N, FS.num_features, D)).astype(np.float32)
-  return ref_grad(ids, w, ct)
+@functools.lru_cache(maxsize=None)
+def reference_grads(fs_name):
+  fs = {"FS": FS, "FS_UNIFORM": FS_UNIFORM}[fs_name]
+  ids, w = make_batch(FS=fs)
+  ct = np.random.default_rng(1).normal(size=(B * N, fs.num_features, D)).astype(np.float32)
+  return ref_grad(ids, w, ct, fs)
 
 
 def test_reference_sanity():
@@ -178,30 +208,52 @@ def test_reference_sanity():
 @pytest.mark.parametrize("name", list(CASES))
 def test_forward(name):
   r = run_case(name)
-  assert r["emb"].shape == (B * N, FS.num_features, D)
-  np.testing.assert_allclose(r["emb"], ref_lookup(r["tabs"], r["ids"], r["w"]), rtol=0, atol=1e-6)
+  fs = r["fs"]
+  assert r["emb"].shape == (B * N, fs.num_features, D)
+  np.testing.assert_allclose(r["emb"], ref_lookup(r["tabs"], r["ids"], r["w"], fs), rtol=0, atol=1e-6)
   assert int(r["overflow"].sum()) == 0
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_roundtrip(name):
   r = run_case(name)
-  for t in FS.tables:
+  for t in r["fs"].tables:
     assert r["roundtrip"][t.name].dtype == r["tabs"][t.name].dtype
     assert np.array_equal(r["roundtrip"][t.name], r["tabs"][t.name]), t.name
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_gradient(name, grads):
+def test_gradient(name):
   r = run_case(name)
-  touched = touched_rows(r["ids"])
-  for t in FS.tables:
+  fs = r["fs"]
+  grads = reference_grads("FS" if fs is FS else "FS_UNIFORM")
+  touched = touched_rows(r["ids"], fs)
+  for t in fs.tables:
     old, new = r["tabs"][t.name], r["new"][t.name]
     implied = old.astype(np.float64) - new.astype(np.float64)      # SGD lr=1: old - new = grad
     np.testing.assert_allclose(implied, grads[t.name], rtol=1e-5, atol=1e-6, err_msg=t.name)
     untouched = ~touched[t.name]
     assert np.array_equal(new[untouched], old[untouched]), t.name
   assert all(touched[t].any() for t in touched) and sum((~touched[t]).sum() for t in touched) > 100
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_routing_path(name):
+  """Uniform-bag, id-independent layouts take the static path unless told otherwise; row-wise and
+  mixed bag lengths (the static path would pad) always bucket."""
+  eng = run_case(name)["eng"]
+  static = name.startswith("uniform-") and not name.endswith("-bucketed")
+  assert eng.static_routing == static
+
+
+def test_static_and_bucketed_paths_agree():
+  """Same layout, both routing paths: identical embeddings and updated tables (up to summation order)."""
+  pairs = [(n[:-len("-bucketed")], n) for n in CASES if n.endswith("-bucketed")]
+  assert len(pairs) == 5
+  for a, b in pairs:
+    ra, rb = run_case(a), run_case(b)
+    np.testing.assert_allclose(ra["emb"], rb["emb"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ra["new_blocks"], rb["new_blocks"], rtol=0, atol=1e-6)
 
 
 def test_replicas_stay_equal():

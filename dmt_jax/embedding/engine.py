@@ -54,6 +54,8 @@ class EngineConfig:
   num_col_shards: int | None = None
   wire_dtype: Any = None                  # towers: dtype of tower outputs on the peer exchange
   init_scale: float | None = None         # table init U(-s, s); None: 1/sqrt(vocab) (DLRM)
+  static_routing: bool = True             # id-independent layouts (TW/CW/DP) skip bucketing where it
+                                          # sends no more bytes (lookup.py)
 
 
 class EmbeddingEngine:
@@ -103,6 +105,11 @@ class EmbeddingEngine:
     else:
       raise ValueError(f"engine mode must be 'flat' or 'towers', got {cfg.mode!r}")
     self.members = self.layout.members
+    # The static path pads every output to the longest bag L; take it only when that costs no more
+    # all-to-all bytes than the bucketed path's overflow-free capacity (e.g. one-hot features).
+    st = self.layout.static
+    self.static_routing = (bool(cfg.static_routing) and st is not None
+                           and st.items <= self.layout.max_items_per_member)
     self._set_batch(self.batch_per_device)
     self.group_member = plan.device_group_member(mesh.devices.shape, self.all_axes,
                                                  self.selector_axes, self.routing_axes)
@@ -128,8 +135,11 @@ class EmbeddingEngine:
     self.batch_per_device = int(batch_per_device)
     groups = self.topology.num_groups if self.tl is not None else 1
     self.rows_in = groups * self.batch_per_device
-    self.capacity = self.layout.capacity(self.rows_in, self.cfg.capacity_factor,
-                                         self.layout.slot_table.shape[1])
+    if self.static_routing:   # every member receives exactly K items per sample: nothing can overflow
+      self.capacity = self.rows_in * self.layout.static.items
+    else:
+      self.capacity = self.layout.capacity(self.rows_in, self.cfg.capacity_factor,
+                                           self.layout.slot_table.shape[1])
     self.static = lookup.LookupStatic(self.members, self.capacity, self.rows_in, self.send_weights,
                                       self.routing_axes)
 
@@ -208,7 +218,8 @@ class EmbeddingEngine:
       if self.tl is not None:
         ids, weights = sptt.peer_exchange_ids(ids, weights, self.tl, self.selector_axes, self.send_weights)
       with jax.named_scope(self.scope):
-        r = lookup.route(ids, weights, self.layout, self.static, g)
+        route = lookup.static_route if self.static_routing else lookup.route
+        r = route(ids, weights, self.layout, self.static, g)
       return jax.tree.map(_leading, r)
     spec = self.spec
     out_spec = {"lrow": spec, "key": spec, "w": spec, "counts": spec, "overflow": spec}
@@ -230,7 +241,10 @@ class EmbeddingEngine:
       g = self._group_index()
       routed = jax.tree.map(lambda x: x[0], routed)
       with jax.named_scope(self.scope):
-        pooled = lookup.pool_and_return(rows[0], routed, self.layout, self.static, g)
+        if self.static_routing:
+          pooled = lookup.static_pool_and_return(rows[0], routed, self.layout, self.static, g)
+        else:
+          pooled = lookup.pool_and_return(rows[0], routed, self.layout, self.static, g)
       if tl is None:
         return pooled
       y = sptt.apply_towers(pooled, tparams, None if self.identity_towers else self.tower_apply, tl)

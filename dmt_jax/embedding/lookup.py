@@ -14,6 +14,12 @@ One lookup inside a routing group of M devices (axes ``A``):
    partial sums back with the inverse ``all_to_all``, and the source adds partials from all owners
    (row-wise shards sum, column-wise shards concatenate). Differentiable: its transpose routes row
    gradients back to the owners.
+
+Layouts whose owners do not depend on the id (table-, column-wise, data-parallel) take a static path
+(``static_route`` / ``static_pool_and_return``): every owner receives the same K items per sample in a
+fixed order, so the send buffer is a gather of id columns, pooling is a small one-hot contraction over
+the items and the return is a static gather — no sort, no scatter, no capacity question. It returns the
+same ``routed`` dict, so ``gather_rows`` and the row-sparse update are shared.
 """
 
 from __future__ import annotations
@@ -127,6 +133,67 @@ def pool_and_return(rows, routed, layout: StackLayout, st: LookupStatic, group):
   target = _const(layout.ret_target)[group].reshape(M * O)
   pooled = jnp.zeros((Bp, F * n_c + 1, W), rows.dtype).at[:, target].add(back)[:, :-1]
   pooled = pooled.reshape(Bp, F, n_c * W)
+  mean = _const(layout.mean_mask)[group]                                 # [F]
+  denom = jnp.where(mean[None, :] > 0, jnp.maximum(routed["counts"], 1.0), 1.0)
+  return pooled / denom[..., None].astype(pooled.dtype)
+
+
+def static_route(ids, weights, layout: StackLayout, st: LookupStatic, group):
+  """``route`` for id-independent layouts (``layout.static`` is set); same outputs, C = B' * K.
+
+  The send buffer to member m is ``ids[:, send_slot[m]]`` (``[B', K]``) shifted to m's local rows.
+  """
+  sr = layout.static
+  M, Bp, K = st.members, st.rows_in, sr.items
+  s_in = layout.slot_table.shape[1]
+  pad = jnp.full((Bp, 1), -1, ids.dtype)
+  ids_ext = jnp.concatenate([ids[:, :s_in], pad], axis=1)                  # [B', S_in + 1]
+  slot = _const(sr.send_slot)[group]                                      # [M, K]
+  sid = jnp.transpose(ids_ext[:, slot], (1, 0, 2))                        # [M, B', K]
+  valid = sid >= 0
+  lrow = jnp.where(valid, sid + _const(sr.send_off)[group][:, None, :], 0).astype(jnp.int32)
+  b = jnp.arange(Bp, dtype=jnp.int32)[None, :, None]
+  key = jnp.where(valid, b * layout.o_max + _const(sr.item_out)[group][:, None, :], -1).astype(jnp.int32)
+  st_tab = _const(layout.slot_table)[group]
+  st_out = _const(layout.slot_out)[group]
+  in_valid = (ids[:, :s_in] >= 0) & (st_tab >= 0)[None, :]
+  counts = jnp.zeros((Bp, layout.f_out), jnp.float32).at[:, st_out].add(in_valid.astype(jnp.float32))
+  if st.send_weights:
+    w_ext = jnp.concatenate([weights[:, :s_in], jnp.zeros((Bp, 1), weights.dtype)], axis=1)
+    w = jnp.where(valid, jnp.transpose(w_ext[:, slot], (1, 0, 2)), 0.0).astype(jnp.float32)
+  out = {"counts": counts, "overflow": jnp.int32(0)}
+  lrow, key = lrow.reshape(M * Bp * K), key.reshape(M * Bp * K)
+  if st.send_weights:
+    w = w.reshape(M * Bp * K)
+  if st.axes and M > 1:
+    a2a = lambda x: lax.all_to_all(x.reshape(M, Bp * K), st.axes, 0, 0, tiled=True).reshape(M * Bp * K)
+    lrow, key = a2a(lrow), a2a(key)
+    if st.send_weights:
+      w = a2a(w)
+  out["lrow"], out["key"] = lrow, key
+  out["w"] = w if st.send_weights else (key >= 0).astype(jnp.float32)
+  return out
+
+
+def static_pool_and_return(rows, routed, layout: StackLayout, st: LookupStatic, group):
+  """``pool_and_return`` for id-independent layouts: pooling by reshape + sum, static return gather.
+
+  Args:
+    rows: float [M*C, W] with C = B' * K, received from the sources in ``static_route``'s order.
+  Returns:
+    pooled float [B', F_out, D].
+  """
+  sr = layout.static
+  M, Bp, L = st.members, st.rows_in, sr.bag
+  O, W, n_c, F = layout.o_max, layout.width, layout.num_col_shards, layout.f_out
+  contrib = rows * routed["w"][:, None].astype(rows.dtype)              # empty items have w = 0
+  partial = contrib.reshape(M, Bp * O, L, W)
+  partial = partial[:, :, 0] if L == 1 else jnp.sum(partial, axis=2)     # [M, B'*O, W]
+  if st.axes and M > 1:
+    partial = lax.all_to_all(partial, st.axes, 0, 0, tiled=True)        # row m now = from owner m
+  back = partial.reshape(M, Bp, O, W).transpose(1, 0, 2, 3).reshape(Bp, M * O, W)
+  back = jnp.concatenate([back, jnp.zeros((Bp, 1, W), back.dtype)], axis=1)
+  pooled = jnp.take(back, _const(sr.ret_index)[group], axis=1).reshape(Bp, F, n_c * W)
   mean = _const(layout.mean_mask)[group]                                 # [F]
   denom = jnp.where(mean[None, :] > 0, jnp.maximum(routed["counts"], 1.0), 1.0)
   return pooled / denom[..., None].astype(pooled.dtype)

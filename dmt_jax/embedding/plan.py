@@ -82,6 +82,7 @@ class StackLayout:
   ret_target: np.ndarray
   mean_mask: np.ndarray
   max_items_per_member: int   # per input row: max #ids one member can receive from one sample
+  static: "StaticRouting | None" = None   # id-independent owners (TW / CW / DP): see StaticRouting
 
   @property
   def width(self) -> int:
@@ -101,6 +102,65 @@ class StackLayout:
       raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
     want = math.ceil(capacity_factor * rows_in * num_slots * self.num_col_shards / self.members)
     return int(max(1, min(safe, want)))
+
+
+@dataclasses.dataclass
+class StaticRouting:
+  """Routing tables for layouts whose owners do not depend on the id (every kind but row-wise).
+
+  Each member m of group g receives, from every source sample, the same K = O_max * L *items* (an
+  input slot and a column shard) in a fixed order: item k pools into return position ``k // L``, so
+  the owner pools by reshaping ``[.., K, W] -> [.., O_max, L, W]`` and summing over L (L = the most
+  items any output has, e.g. the max bag length; shorter bags are padded with empty items). The id
+  all-to-all then needs no bucketing (TorchRec's table-wise path). Arrays (numpy int32):
+    send_slot [G, M, K]       input slot of item k for member m; S_in (the padding column) if empty
+    send_off  [G, M, K]       row offset of the item's shard in m's block (local row = id + offset)
+    item_out  [G, M, K]       return position o = k // L of item k; O_max if the item is empty
+    ret_index [G, F_out*n_c]  for output (f, c): its index m * O_max + o in the return buffer
+                              (M * O_max, a zero row, for outputs no member serves)
+  """
+  items: int
+  bag: int
+  send_slot: np.ndarray
+  send_off: np.ndarray
+  item_out: np.ndarray
+  ret_index: np.ndarray
+
+
+def _static_routing(kind, members, n_c, f_out, o_max, slot_table, slot_out, dest, local_off,
+                    pair_pos) -> StaticRouting | None:
+  """The per-member item lists of an id-independent layout (None for row-wise)."""
+  if kind == "row_wise":
+    return None
+  G, s_in = slot_table.shape
+  lists = [[[[] for _ in range(o_max)] for _ in range(members)] for _ in range(G)]
+  for g in range(G):
+    for s in range(s_in):
+      t = slot_table[g, s]
+      if t < 0:
+        continue
+      for c in range(n_c):
+        m = int(dest[g, t, 0, c])
+        lists[g][m][int(pair_pos[g, m, slot_out[g, s], c])].append((s, int(local_off[g, t, 0, c])))
+  L = max(1, max(len(l) for gl in lists for ml in gl for l in ml))
+  K = o_max * L
+  send_slot = np.full((G, members, K), s_in, np.int32)
+  send_off = np.zeros((G, members, K), np.int32)
+  item_out = np.full((G, members, K), o_max, np.int32)
+  for g in range(G):
+    for m in range(members):
+      for o in range(o_max):
+        for l, (s, off) in enumerate(lists[g][m][o]):
+          k = o * L + l
+          send_slot[g, m, k], send_off[g, m, k], item_out[g, m, k] = s, off, o
+  ret_index = np.full((G, f_out * n_c), members * o_max, np.int32)
+  for g in range(G):
+    for m in range(members):
+      for f in range(f_out):
+        for c in range(n_c):
+          if pair_pos[g, m, f, c] >= 0:
+            ret_index[g, f * n_c + c] = m * o_max + pair_pos[g, m, f, c]
+  return StaticRouting(K, L, send_slot, send_off, item_out, ret_index)
 
 
 def _balanced_table_wise(tables: Sequence[str], costs: dict[str, float], members: int) -> dict[str, int]:
@@ -236,9 +296,10 @@ def build_layout(fs: FeatureSet, kind: str, members: int,
   for g in range(G):
     for m in range(members):
       ret_target[g, m, :len(lists[g][m])] = lists[g][m]
+  static = _static_routing(kind, members, n_c, f_out, o_max, slot_table, slot_out, dest, local_off, pair_pos)
   return StackLayout(kind, G, members, dim, n_c, group_tables, shards, int(rows_local), int(f_out),
                      int(o_max), slot_table, slot_out, rows_per_shard, dest, local_off, pair_pos,
-                     ret_target, mean_mask, max(1, max_items))
+                     ret_target, mean_mask, max(1, max_items), static)
 
 
 # --- logical <-> physical -------------------------------------------------------------------------
