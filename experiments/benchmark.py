@@ -51,6 +51,9 @@ def suite_cases(suite, quick):
   if suite == "compare":
     cases = [Case(f"flat {s}", base_config("flat", quick, sharding=s))
              for s in ("table_wise", "row_wise", "table_row_wise")]
+    # The same table-wise layout on the sort-bucketed id route (static_routing off), side by side.
+    cases.insert(1, Case("flat table_wise, bucketed", base_config("flat", quick, sharding="table_wise",
+                                                                  static_routing=False)))
     cases += [Case(f"dmt c={c}", base_config("dmt", quick, **{"towers.compression": float(c),
                                                               "towers.num_towers": 2}))
               for c in (1, 2, 4, 8)]

@@ -143,6 +143,17 @@ def test_bad_paths_and_vocab_sizes(tmp_path, raw):
     CriteoSource(_data_cfg(raw / "day_0", vocab_sizes=(10, 20)), 8, 8, 0)
 
 
+def test_shards_override_config_vocab_sizes_loudly(shard_dir, caplog):
+  """Shards carry their hashed vocab sizes; a different config value is reported, never silently used."""
+  same = CriteoSource(_data_cfg(shard_dir), 64, 32, 0)
+  assert same.stats()["data/config_vocab_sizes_overridden"] == 0
+  with caplog.at_level("WARNING"):
+    other = CriteoSource(_data_cfg(shard_dir, vocab_sizes=(VOCAB + 7,)), 64, 32, 0)
+  assert "overridden by the shards' manifest" in caplog.text
+  assert other.stats()["data/config_vocab_sizes_overridden"] == 1
+  assert [t.vocab_size for t in other.fs.tables] == [t.vocab_size for t in same.fs.tables] == [VOCAB] * 26
+
+
 def test_raw_fail_policy_names_file_and_line(raw):
   with pytest.raises(criteo.MalformedLineError, match=r"day_1:11: field_count"):
     CriteoSource(_data_cfg(f"{raw}/day_*", malformed_policy="fail"), 64, 32, 0)

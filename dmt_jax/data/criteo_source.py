@@ -4,7 +4,8 @@
 
 * a **shard directory** (it holds ``manifest.json``) written by ``experiments/preprocess_criteo.py``:
   shards are memory-mapped (``shards.ShardReader``); the vocab sizes come from the manifest
-  (``config.data.vocab_sizes`` is ignored); malformed lines were handled by the preprocessing policy and
+  (a different ``config.data.vocab_sizes`` is overridden, with a logged warning and the
+  ``data/config_vocab_sizes_overridden`` metric = 1); malformed lines were handled by the preprocessing policy and
   their counts are read from the manifest; or
 * **raw TSV files** (one path, a glob, or comma-separated globs; plain or gzip), for small experiments:
   parsed once into memory with ``config.data.malformed_policy`` (``"fail"`` stops with ``file:line``,
@@ -35,6 +36,7 @@ evaluated (shapes are static); ``stats()["data/eval_rows_used"]`` says how many 
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
 import re
@@ -44,6 +46,11 @@ import numpy as np
 
 from dmt_jax.data import criteo, shards
 from dmt_jax.features import Batch, FeatureSet
+
+
+def _short(sizes) -> str:
+  sizes = list(sizes)
+  return f"({sizes[0]},) * {len(sizes)}" if len(set(sizes)) == 1 else str(tuple(sizes))
 
 
 def _natural_key(path: str):
@@ -91,6 +98,14 @@ class _Store:
       self._reader = shards.ShardReader(path, batch_size=1, shuffle=False)
       manifest = self._reader.manifest
       self.vocab_sizes = list(manifest["vocab_sizes"])
+      asked = [int(v) for v in (vocab_sizes or ())]
+      asked = asked * criteo.NUM_CAT if len(asked) == 1 else asked
+      # The ids were hashed at preprocessing time: the manifest's sizes are the only valid ones.
+      self.overridden_vocab_sizes = asked if asked and asked != self.vocab_sizes else None
+      if self.overridden_vocab_sizes:
+        logging.warning("config.data.vocab_sizes %s is overridden by the shards' manifest %s (%s): ids "
+                        "were hashed when preprocessing; re-run experiments/preprocess_criteo.py "
+                        "--vocab_sizes=... to change them", _short(asked), _short(self.vocab_sizes), path)
       rows = [sum(s["rows"] for s in e["shards"]) for e in manifest["inputs"]]
       self.input_offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
       self.malformed = dict(manifest["totals"]["malformed"])
@@ -119,6 +134,7 @@ class _Store:
           ids.append(encoder.encode(ch.cat_values, ch.cat_present))
         rows.append(stats.rows - before)
       self.vocab_sizes = sizes
+      self.overridden_vocab_sizes = None
       self.input_offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
       cat = lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt)  # noqa: E731
       self._labels = cat(labels, (0,), np.float32)
@@ -234,5 +250,6 @@ class CriteoSource:
     out = {"data/malformed_lines": int(sum(mal.values()))}
     out.update({f"data/malformed/{r}": int(k) for r, k in mal.items()})
     out.update({"data/train_records": self.num_train, "data/eval_records": self.num_eval_records,
-                "data/eval_rows_used": self.num_eval * self.eval_batch})
+                "data/eval_rows_used": self.num_eval * self.eval_batch,
+                "data/config_vocab_sizes_overridden": int(self.store.overridden_vocab_sizes is not None)})
     return out
