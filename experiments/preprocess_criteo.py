@@ -6,7 +6,8 @@ r"""Converts raw Criteo click logs into memory-mappable .npy shards plus a JSON 
 Inputs are Kaggle ``train.txt`` or Terabyte ``day_N`` files, plain or gzip. Categoricals are hashed into
 ``--vocab_sizes`` (one value for all 26 columns or 26 comma-separated values) or, with ``--threshold=T``,
 mapped through a vocabulary of values seen at least T times (built in one extra pass, saved as
-``vocab.npz``). Re-running skips inputs already converted (resumable per day). See
+``vocab.npz``). Re-running skips inputs already converted (resumable per day). ``--workers=N``
+converts N days at once (one process each; same output). See
 ``dmt_jax/data/shards.py`` for the layout and ``ShardReader`` to read it.
 """
 
@@ -28,6 +29,8 @@ _THRESHOLD = flags.DEFINE_integer("threshold", 0,
                                   "If > 0, use a frequency-threshold vocabulary instead of hashing.")
 _POLICY = flags.DEFINE_enum("policy", "fail", list(criteo.POLICIES), "What to do with malformed lines.")
 _ROWS_PER_SHARD = flags.DEFINE_integer("rows_per_shard", 1 << 22, "Rows per output shard.")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Inputs (days) converted at once, one process each; the "
+                                "output is the same as with 1. Progress then advances per finished input.")
 flags.mark_flags_as_required(["input", "output_dir"])
 
 
@@ -72,7 +75,7 @@ def main(argv):
   encoder = _encoder(paths, _OUTPUT_DIR.value)
   with tqdm.tqdm(desc="lines", unit="line", unit_scale=True) as bar:
     manifest = shards.write_shards(paths, _OUTPUT_DIR.value, encoder, _POLICY.value, _ROWS_PER_SHARD.value,
-                                   progress=bar.update, log=lambda m: bar.write(m))
+                                   progress=bar.update, log=lambda m: bar.write(m), workers=_WORKERS.value)
   logging.info("totals: %s", manifest["totals"])
   print(manifest["totals"])
 

@@ -135,11 +135,26 @@ def test_resume_skips_done_days_and_redoes_broken_ones(raw, tmp_path):
     _write(raw, out, rows_per_shard=8)
 
 
+def test_parallel_workers_write_the_same_shards(raw, tmp_path):
+  """Days converted by 2 worker processes: same manifest (order = input order) and same arrays."""
+  one = _write(raw, tmp_path / "one")
+  two = _write(raw, tmp_path / "two", workers=2)
+  strip = lambda m: json.loads(json.dumps(m).replace(str(tmp_path / "two"), "").replace(str(tmp_path / "one"), ""))
+  assert strip(one) == strip(two)
+  assert [e["name"] for e in two["inputs"]] == ["day_0", "day_1", "day_2"]
+  names = sorted(f for f in os.listdir(tmp_path / "one") if f.endswith(".npy"))
+  assert names == sorted(f for f in os.listdir(tmp_path / "two") if f.endswith(".npy")) and len(names) > 9
+  for f in names:
+    np.testing.assert_array_equal(np.load(tmp_path / "one" / f), np.load(tmp_path / "two" / f))
+  with pytest.raises(ValueError, match=r"day_2:6"):     # a worker's fail-policy error reaches the caller
+    shards.write_shards(raw, tmp_path / "fail", criteo.HashEncoder(VOCABS), "fail", 16, workers=2)
+
+
 def test_script_end_to_end(raw, tmp_path):
   out = tmp_path / "script_out"
   cmd = [sys.executable, os.path.join(REPO, "experiments", "preprocess_criteo.py"),
          f"--input={raw[0].parent}/day_*", f"--output_dir={out}", "--vocab_sizes=50", "--policy=skip",
-         "--rows_per_shard=32"]
+         "--rows_per_shard=32", "--workers=2"]
   res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
   assert res.returncode == 0, res.stderr
   manifest = shards.read_manifest(out)

@@ -81,7 +81,7 @@ def _input_complete(directory, entry: dict) -> bool:
 
 def write_shards(paths: Sequence, out_dir, encoder, policy: str = "fail", rows_per_shard: int = 1 << 20,
                  progress: Callable[[int], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> dict:
+                 log: Callable[[str], None] | None = None, workers: int = 1) -> dict:
   """Converts raw Criteo files into shards under ``out_dir``; returns the manifest.
 
   Resumable per input: an input whose manifest entry exists and whose shards are all present with the
@@ -89,9 +89,16 @@ def write_shards(paths: Sequence, out_dir, encoder, policy: str = "fail", rows_p
   their order and appends new ones in the order given (that order is the record order). Options
   (encoder, policy, rows per shard) must match an existing manifest. ``progress(n)`` is called with the
   number of lines read since its previous call; ``log(message)`` once per input.
+
+  ``workers > 1`` converts that many inputs at once in separate processes (parsing is CPU-bound, one
+  core per input); the shards and the manifest are the same as with one worker, and the manifest is
+  rewritten as each input completes, so an interrupted run resumes the same way. ``progress`` then
+  advances once per finished input.
   """
   if rows_per_shard <= 0:
     raise ValueError(f"rows_per_shard must be > 0, got {rows_per_shard}")
+  if workers < 1:
+    raise ValueError(f"workers must be >= 1, got {workers}")
   os.makedirs(out_dir, exist_ok=True)
   names = [os.path.basename(os.fspath(p)) for p in paths]
   if len(set(names)) != len(names):
@@ -105,32 +112,66 @@ def write_shards(paths: Sequence, out_dir, encoder, policy: str = "fail", rows_p
     raise ValueError(f"{out_dir} holds shards written with options {manifest['options']}, not {options}; "
                      f"use a fresh output directory")
   order = [e["name"] for e in manifest["inputs"]]
+  order += [n for n in names if n not in order]
   entries = {e["name"]: e for e in manifest["inputs"]}
-  for path, name in zip(paths, names):
-    if name in entries and _input_complete(out_dir, entries[name]):
-      if log:
-        log(f"{name}: already done ({entries[name]['stats']['rows']} rows), skipped")
-      continue
-    stats = criteo.ReadStats()
-    shards = []
-    chunks = ((ch.labels, ch.dense, encoder.encode(ch.cat_values, ch.cat_present))
-              for ch in criteo.iter_chunks(path, policy, stats))
-    for rows in criteo.rebatch(_with_progress(chunks, stats, progress), rows_per_shard):
-      sname = f"{name}-{len(shards):05d}"
-      for (part, dtype), arr in zip(_PARTS, rows):
-        _save_atomic(shard_paths(out_dir, sname)[part], arr.astype(dtype))
-      shards.append({"name": sname, "rows": int(len(rows[0]))})
-    entries[name] = {"name": name, "source": os.path.abspath(os.fspath(path)), "shards": shards,
-                     "stats": stats.as_dict()}
-    if name not in order:
-      order.append(name)
-    manifest["inputs"] = [entries[n] for n in order]
+  done = {n for n in names if n in entries and _input_complete(out_dir, entries[n])}
+  todo = [(p, n) for p, n in zip(paths, names) if n not in done]
+  for _, name in todo:
+    entries.pop(name, None)           # incomplete: not listed until rewritten
+
+  def skipped(name):
+    if log:
+      log(f"{name}: already done ({entries[name]['stats']['rows']} rows), skipped")
+
+  def finished(entry):
+    entries[entry["name"]] = entry
+    manifest["inputs"] = [entries[n] for n in order if n in entries]
     _write_manifest(out_dir, manifest)  # after the shards: an entry means the input is complete
     if log:
-      log(f"{name}: {stats.rows} rows in {len(shards)} shards, malformed {stats.malformed}")
-  manifest["inputs"] = [entries[n] for n in order]
+      st = entry["stats"]
+      log(f"{entry['name']}: {st['rows']} rows in {len(entry['shards'])} shards, malformed {st['malformed']}")
+
+  if workers == 1 or len(todo) <= 1:
+    for path, name in zip(paths, names):      # logs in input order
+      if name in done:
+        skipped(name)
+      else:
+        finished(convert_input(path, name, out_dir, encoder, policy, rows_per_shard, progress))
+  else:
+    for name in names:
+      if name in done:
+        skipped(name)
+    import concurrent.futures
+    import multiprocessing
+    # "spawn": the parent may hold JAX / threads, which must not be forked.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
+      futures = [pool.submit(convert_input, path, name, out_dir, encoder, policy, rows_per_shard)
+                 for path, name in todo]
+      for fut in concurrent.futures.as_completed(futures):
+        entry = fut.result()          # a worker's error (e.g. a malformed line under "fail") re-raises here
+        if progress:
+          progress(entry["stats"]["lines"])
+        finished(entry)
+  manifest["inputs"] = [entries[n] for n in order if n in entries]
   _write_manifest(out_dir, manifest)
   return manifest
+
+
+def convert_input(path, name: str, out_dir, encoder, policy: str, rows_per_shard: int,
+                  progress: Callable[[int], None] | None = None) -> dict:
+  """One raw input -> its shards ``{name}-00000...``; returns its manifest entry (not yet recorded)."""
+  stats = criteo.ReadStats()
+  written = []
+  chunks = ((ch.labels, ch.dense, encoder.encode(ch.cat_values, ch.cat_present))
+            for ch in criteo.iter_chunks(path, policy, stats))
+  for rows in criteo.rebatch(_with_progress(chunks, stats, progress), rows_per_shard):
+    sname = f"{name}-{len(written):05d}"
+    for (part, dtype), arr in zip(_PARTS, rows):
+      _save_atomic(shard_paths(out_dir, sname)[part], arr.astype(dtype))
+    written.append({"name": sname, "rows": int(len(rows[0]))})
+  return {"name": name, "source": os.path.abspath(os.fspath(path)), "shards": written,
+          "stats": stats.as_dict()}
 
 
 def _with_progress(chunks, stats, progress):
