@@ -62,6 +62,7 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.batch_size = 256                 # global; a multiple of the device count
   c.num_train_steps = 300
   c.on_nonfinite = "stop"            # NaN/Inf loss or gradient: stop (with step info) | skip the update
+  c.prefetch_batches = 1             # train batches made ahead on a background thread (0 = on demand)
   # --- evaluation / logging / checkpoints ----------------------------------------------------------
   c.eval_batch_size = 1024
   c.num_eval_batches = 4             # criteo/movielens: <= 0 = every full eval batch of the eval split

@@ -212,6 +212,8 @@ def validate_config(config) -> None:
   elif not _is_int(_get(config, "num_eval_batches")):
     bad("num_eval_batches", "must be an integer (<= 0: every full batch of the eval split)")
   int_at_least("log_every", 1)
+  if _get(config, "prefetch_batches") is not None:
+    int_at_least("prefetch_batches", 0)
   int_at_least("eval_every", 0)
   int_at_least("checkpoint_every", 0)
   int_at_least("keep_checkpoints", 0)

@@ -305,30 +305,35 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                           f"{float(out['grad_norm'])} on {where}; set config.on_nonfinite='skip' to skip "
                           f"such updates")
 
-  tput.start()
-  for step in range(start, num_steps):
-    b = pipeline.checked(exp.fs, exp.source.train_batch(step), config.id_policy, f"train batch {step}")
-    state, out = train_step(state, to_global(exp, b))
-    done = step + 1
-    check(step, out, f"train batch {step} (global rows {step * config.batch_size}..."
-                     f"{(step + 1) * config.batch_size - 1})")
-    tput.update(config.batch_size)
-    progress.update(1)
-    if done % config.log_every == 0 or done == num_steps:
-      writer.write(done, {"train/loss": float(out["loss"]), "train/grad_norm": float(out["grad_norm"]),
-                          "train/skipped_nonfinite": int(not bool(out["finite"])),
-                          "perf/examples_per_sec": tput.rate(), "perf/steps_per_sec": tput.steps_per_sec()})
-    if (config.eval_every and done % config.eval_every == 0) or done == num_steps:
-      last_eval = evaluate(exp, eval_step, state)
-      writer.write(done, {f"eval/{k}": v for k, v in last_eval.items()})
-    if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == num_steps or stop.is_set():
-      manager.save(done, state, force=stop.is_set() or done == num_steps)
-    if stop.is_set():
-      progress.close()
-      manager.close()
-      writer.close()
-      raise ckpt_lib.Preempted(f"preempted (SIGTERM) at step {done}: checkpoint {done} saved under "
-                               f"{manager.directory}; re-run the same command to resume")
+  def host_batch(step):   # a pure function of the step: made one step ahead on a background thread
+    return pipeline.checked(exp.fs, exp.source.train_batch(step), config.id_policy, f"train batch {step}")
+
+  depth = int(config.get("prefetch_batches", 1))
+  with pipeline.Prefetcher(host_batch, start, num_steps, depth=depth) as prefetch:
+    tput.start()
+    for step in range(start, num_steps):
+      b = prefetch.get(step)
+      state, out = train_step(state, to_global(exp, b))
+      done = step + 1
+      check(step, out, f"train batch {step} (global rows {step * config.batch_size}..."
+                       f"{(step + 1) * config.batch_size - 1})")
+      tput.update(config.batch_size)
+      progress.update(1)
+      if done % config.log_every == 0 or done == num_steps:
+        writer.write(done, {"train/loss": float(out["loss"]), "train/grad_norm": float(out["grad_norm"]),
+                            "train/skipped_nonfinite": int(not bool(out["finite"])),
+                            "perf/examples_per_sec": tput.rate(), "perf/steps_per_sec": tput.steps_per_sec()})
+      if (config.eval_every and done % config.eval_every == 0) or done == num_steps:
+        last_eval = evaluate(exp, eval_step, state)
+        writer.write(done, {f"eval/{k}": v for k, v in last_eval.items()})
+      if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == num_steps or stop.is_set():
+        manager.save(done, state, force=stop.is_set() or done == num_steps)
+      if stop.is_set():
+        progress.close()
+        manager.close()
+        writer.close()
+        raise ckpt_lib.Preempted(f"preempted (SIGTERM) at step {done}: checkpoint {done} saved under "
+                                 f"{manager.directory}; re-run the same command to resume")
   progress.close()
   manager.close()
   writer.close()

@@ -71,3 +71,50 @@ def checked(fs: FeatureSet, batch: Batch, id_policy: str, where: str) -> Batch:
     batch = batch._replace(ids=clip_or_hash_ids(fs, batch.ids, id_policy))
   validate_batch(fs, batch, where)
   return batch
+
+
+class Prefetcher:
+  """Computes ``make(step)`` for the next ``depth`` steps on a background thread, in step order.
+
+  Because a training batch is a pure function of its step, prefetching changes no result: it only
+  overlaps host-side batch making (generation, reading, validation) with the device step. An exception
+  raised by ``make(s)`` is re-raised by ``get(s)``, i.e. at the step it belongs to. Use as a context
+  manager so pending work is dropped when the loop ends early.
+  """
+
+  def __init__(self, make, start: int, stop: int, depth: int = 1):
+    import concurrent.futures
+    self._make, self._stop, self._depth = make, int(stop), max(0, int(depth))
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+    self._pending: dict[int, object] = {}
+    self._next = int(start)
+
+  def _fill(self, upto: int) -> None:
+    while self._next <= upto and self._next < self._stop:
+      self._pending[self._next] = self._pool.submit(self._make, self._next)
+      self._next += 1
+
+  def get(self, step: int):
+    """The result of ``make(step)``; steps must be requested in increasing order."""
+    if step not in self._pending:
+      if step < self._next:
+        raise ValueError(f"step {step} was already taken or skipped (next is {self._next})")
+      self._next = step                      # jumped ahead: nothing older is needed
+      for s in [s for s in self._pending if s < step]:
+        self._pending.pop(s).cancel()
+      self._fill(step)
+    fut = self._pending.pop(step)
+    self._fill(step + self._depth)           # start the next batches before waiting on this one
+    return fut.result()
+
+  def close(self) -> None:
+    for fut in self._pending.values():
+      fut.cancel()
+    self._pending.clear()
+    self._pool.shutdown(wait=True, cancel_futures=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
