@@ -87,11 +87,15 @@ def _assert_close(got, want):
 # --- same metrics as one process --------------------------------------------------------------------
 
 
+ONE_HOT = "data.max_bags=" + "/".join(["1"] * 16)   # uniform bags: the static id route (lookup.py)
+
+
 @pytest.mark.multiprocess
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("name", ["flat_dlrm", "dmt_dlrm"])
-def test_two_processes_match_one_process(tmp_path, name):
-  cfg = [f"--config=experiments/configs/{name}.py:tiny", "--config.num_train_steps=20", *SHORT]
+@pytest.mark.parametrize("name, arg", [("flat_dlrm", "tiny"), ("dmt_dlrm", "tiny"),
+                                       ("dmt_dlrm", f"tiny,{ONE_HOT}")])
+def test_two_processes_match_one_process(tmp_path, name, arg):
+  cfg = [f"--config=experiments/configs/{name}.py:{arg}", "--config.num_train_steps=20", *SHORT]
   r, _ = _launch([MAIN, *cfg, f"--workdir={tmp_path / 'multi'}"])
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   _single([MAIN, *cfg, f"--workdir={tmp_path / 'single'}"])
