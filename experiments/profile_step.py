@@ -16,7 +16,6 @@ import glob
 import gzip
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -63,41 +62,21 @@ def op_times(trace_file: str) -> dict[str, float]:
   return out
 
 
-def hlo_shapes(hlo_text: str) -> dict[str, str]:
-  """op name -> its result shape, from compiled HLO text."""
-  shapes = {}
-  for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = ([^ ]+(?: [^ =]+)?) ", hlo_text, re.M):
-    shapes.setdefault(m.group(1), m.group(2)[:60])
-  return shapes
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
   import jax
   if config.get("num_cpu_devices", 0):
     jax.config.update("jax_num_cpu_devices", int(config.num_cpu_devices))
-  from dmt_jax import train
-  from dmt_jax.analysis import bench
-  exp = train.build_experiment(config)
-  state = bench.fast_state(exp)
-  batch = train.to_global(exp, exp.source.train_batch(0))
-  step = train.make_train_step(exp, train.state_shardings(state))
-  shapes = hlo_shapes(step.lower(state, batch).compile().as_text())
-  for _ in range(_WARMUP.value):
-    state, _ = step(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(_STEPS.value):
-    t = time.perf_counter()
-    state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - t)
+  from dmt_jax.analysis import bench, hlo
+  case = bench.prepare(bench.Case("profile", config), num_batches=1)   # compiles; one warm-up step
+  shapes = hlo.instruction_shapes(case.step.as_text())
+  if _WARMUP.value:
+    bench.run_round(case, _WARMUP.value)
+  times = [bench.run_round(case, 1) for _ in range(_STEPS.value)]
   run_dir = os.path.join(_TRACE_DIR.value, time.strftime("%Y%m%d-%H%M%S"))
   jax.profiler.start_trace(run_dir, create_perfetto_trace=True)
-  for _ in range(_STEPS.value):
-    state, _ = step(state, batch)
-  jax.block_until_ready(state)
+  bench.run_round(case, _STEPS.value)
   jax.profiler.stop_trace()
   trace = sorted(glob.glob(os.path.join(run_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
   per_op = {k: v / 1e3 / _STEPS.value for k, v in op_times(trace).items()}   # ms per step
@@ -105,13 +84,13 @@ def main(argv):
   for name, ms in per_op.items():
     cats[category(name)] += ms
   print(f"median step {1e3 * statistics.median(times):.1f} ms (untraced, {_STEPS.value} steps, "
-        f"{exp.topology.num_devices} devices); trace: {trace}")
+        f"{case.exp.topology.num_devices} devices); trace: {trace}")
   print("\nms per step, summed over device threads, by category:")
   for k, v in cats.most_common():
     print(f"  {k:11s} {v:8.1f}")
   print(f"\ntop {_TOP.value} ops (ms per step summed over device threads):")
   for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:_TOP.value]:
-    print(f"  {ms:8.1f}  {category(name):10s}  {name:32s} {shapes.get(name, '')}")
+    print(f"  {ms:8.1f}  {category(name):10s}  {name:32s} {shapes.get(name, '')[:60]}")
 
 
 if __name__ == "__main__":

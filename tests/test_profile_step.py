@@ -35,9 +35,10 @@ def test_op_times_sums_complete_events_and_skips_runtime_ones(tmp_path):
 
 
 def test_hlo_shapes():
+  from dmt_jax.analysis import hlo
   text = ("  %dot.10 = f32[512,27,64]{2,1,0} dot(%a, %b), lhs_batch_dims={0}\n"
           "  ROOT %sort.2 = (s32[8]{0}, s32[8]{0}) sort(%c, %d), dimensions={0}\n")
-  shapes = profile_step.hlo_shapes(text)
+  shapes = hlo.instruction_shapes(text)
   assert shapes["dot.10"].startswith("f32[512,27,64]")
   assert shapes["sort.2"].startswith("(s32[8]{0},")
 

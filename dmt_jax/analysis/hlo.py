@@ -224,6 +224,16 @@ def _attr_value(attrs: str, key: str) -> str | None:
 # Replica groups
 
 
+def instruction_shapes(hlo_text: str) -> dict[str, str]:
+  """Result shape of every instruction of an HLO module text, by instruction name (first wins)."""
+  out: dict[str, str] = {}
+  for line in hlo_text.splitlines():
+    ins = _parse_instruction(line, full=False)
+    if ins is not None:
+      out.setdefault(ins.name, ins.shape)
+  return out
+
+
 def _explicit_groups(text: str) -> list[list[int]]:
   return [[int(x) for x in re.findall(r"-?\d+", g)] for g in re.findall(r"\{([^{}]*)\}", text[1:-1])]
 
