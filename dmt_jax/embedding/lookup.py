@@ -47,6 +47,27 @@ def _const(x):
   return jnp.asarray(x)
 
 
+def _output_counts(valid, layout: StackLayout, group):
+  """float32 [B', F_out]: valid ids per pooled output (the mean-pooling denominator)."""
+  st_out = _const(layout.slot_out)[group]
+  return jnp.zeros((valid.shape[0], layout.f_out), jnp.float32).at[:, st_out].add(valid.astype(jnp.float32))
+
+
+def _return_partials(partial, st: LookupStatic, O: int, W: int):
+  """Owner partial sums [M, B'*O, W] -> at the source, [B', M*O, W] (owner-major per sample)."""
+  M, Bp = st.members, st.rows_in
+  if st.axes and M > 1:
+    partial = lax.all_to_all(partial, st.axes, 0, 0, tiled=True)      # row m now = from owner m
+  return partial.reshape(M, Bp, O, W).transpose(1, 0, 2, 3).reshape(Bp, M * O, W)
+
+
+def _apply_mean(pooled, counts, layout: StackLayout, group):
+  """Divides mean-pooled outputs of ``pooled`` [B', F, D] by their id counts (at least 1)."""
+  mean = _const(layout.mean_mask)[group]                                 # [F]
+  denom = jnp.where(mean[None, :] > 0, jnp.maximum(counts, 1.0), 1.0)
+  return pooled / denom[..., None].astype(pooled.dtype)
+
+
 def route(ids, weights, layout: StackLayout, st: LookupStatic, group):
   """Bucketise ids by owner and exchange them.
 
@@ -75,7 +96,7 @@ def route(ids, weights, layout: StackLayout, st: LookupStatic, group):
   key = b * layout.o_max + ppos
   dest = jnp.where(valid[..., None], dest, M)                                 # M = dump bucket
 
-  counts = jnp.zeros((Bp, layout.f_out), jnp.float32).at[:, st_out].add(valid.astype(jnp.float32))
+  counts = _output_counts(valid, layout, group)
 
   dflat = dest.reshape(-1)
   order = jnp.argsort(dflat, stable=True)
@@ -127,15 +148,10 @@ def pool_and_return(rows, routed, layout: StackLayout, st: LookupStatic, group):
   contrib = rows * jnp.where(ok, routed["w"], 0.0)[:, None].astype(rows.dtype)
   partial = jax.ops.segment_sum(contrib, seg, num_segments=M * Bp * O + 1)[:-1]
   partial = partial.reshape(M, Bp * O, W)
-  if st.axes and M > 1:
-    partial = lax.all_to_all(partial, st.axes, 0, 0, tiled=True)      # row m now = from owner m
-  back = partial.reshape(M, Bp, O, W).transpose(1, 0, 2, 3).reshape(Bp, M * O, W)
+  back = _return_partials(partial, st, O, W)
   target = _const(layout.ret_target)[group].reshape(M * O)
   pooled = jnp.zeros((Bp, F * n_c + 1, W), rows.dtype).at[:, target].add(back)[:, :-1]
-  pooled = pooled.reshape(Bp, F, n_c * W)
-  mean = _const(layout.mean_mask)[group]                                 # [F]
-  denom = jnp.where(mean[None, :] > 0, jnp.maximum(routed["counts"], 1.0), 1.0)
-  return pooled / denom[..., None].astype(pooled.dtype)
+  return _apply_mean(pooled.reshape(Bp, F, n_c * W), routed["counts"], layout, group)
 
 
 def static_route(ids, weights, layout: StackLayout, st: LookupStatic, group):
@@ -154,10 +170,8 @@ def static_route(ids, weights, layout: StackLayout, st: LookupStatic, group):
   lrow = jnp.where(valid, sid + _const(sr.send_off)[group][:, None, :], 0).astype(jnp.int32)
   b = jnp.arange(Bp, dtype=jnp.int32)[None, :, None]
   key = jnp.where(valid, b * layout.o_max + _const(sr.item_out)[group][:, None, :], -1).astype(jnp.int32)
-  st_tab = _const(layout.slot_table)[group]
-  st_out = _const(layout.slot_out)[group]
-  in_valid = (ids[:, :s_in] >= 0) & (st_tab >= 0)[None, :]
-  counts = jnp.zeros((Bp, layout.f_out), jnp.float32).at[:, st_out].add(in_valid.astype(jnp.float32))
+  in_valid = (ids[:, :s_in] >= 0) & (_const(layout.slot_table)[group] >= 0)[None, :]
+  counts = _output_counts(in_valid, layout, group)
   if st.send_weights:
     w_ext = jnp.concatenate([weights[:, :s_in], jnp.zeros((Bp, 1), weights.dtype)], axis=1)
     w = jnp.where(valid, jnp.transpose(w_ext[:, slot], (1, 0, 2)), 0.0).astype(jnp.float32)
@@ -189,11 +203,7 @@ def static_pool_and_return(rows, routed, layout: StackLayout, st: LookupStatic, 
   contrib = rows * routed["w"][:, None].astype(rows.dtype)              # empty items have w = 0
   partial = contrib.reshape(M, Bp * O, L, W)
   partial = partial[:, :, 0] if L == 1 else jnp.sum(partial, axis=2)     # [M, B'*O, W]
-  if st.axes and M > 1:
-    partial = lax.all_to_all(partial, st.axes, 0, 0, tiled=True)        # row m now = from owner m
-  back = partial.reshape(M, Bp, O, W).transpose(1, 0, 2, 3).reshape(Bp, M * O, W)
+  back = _return_partials(partial, st, O, W)
   back = jnp.concatenate([back, jnp.zeros((Bp, 1, W), back.dtype)], axis=1)
   pooled = jnp.take(back, _const(sr.ret_index)[group], axis=1).reshape(Bp, F, n_c * W)
-  mean = _const(layout.mean_mask)[group]                                 # [F]
-  denom = jnp.where(mean[None, :] > 0, jnp.maximum(routed["counts"], 1.0), 1.0)
-  return pooled / denom[..., None].astype(pooled.dtype)
+  return _apply_mean(pooled, routed["counts"], layout, group)
