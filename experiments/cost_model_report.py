@@ -286,13 +286,8 @@ def plots(out_dir, measured, pred, speed):
   ax.axhline(1.9, color="gray", lw=0.8, ls="--", label="paper: up to 1.9x")
   ax.set_xscale("log", base=2)
   ax.set_xlabel("devices (hosts of 8)")
-  ax.set_ylabel("predicted speedup")
-  ax.set_title("DMT c=4 over the best flat baseline (predicted)", fontsize=10)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  paths["speedup"] = os.path.join(out_dir, "costmodel_speedup_vs_devices.png")
-  fig.savefig(paths["speedup"])
-  plt.close(fig)
+  paths["speedup"] = _finish(fig, ax, os.path.join(out_dir, "costmodel_speedup_vs_devices.png"),
+                             "predicted speedup", "DMT c=4 over the best flat baseline (predicted)", 10)
 
   fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
   cs = list(COMPRESSIONS)
@@ -306,13 +301,8 @@ def plots(out_dir, measured, pred, speed):
   ax.set_xscale("log", base=2)
   ax.set_xticks(cs, [str(c) for c in cs])
   ax.set_xlabel("compression c")
-  ax.set_ylabel("MiB per device per step")
-  ax.set_title("Embedding cross-tower bytes (HLO, host=2 x device=4)", fontsize=9)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  paths["bytes"] = os.path.join(out_dir, "costmodel_cross_bytes_vs_c.png")
-  fig.savefig(paths["bytes"])
-  plt.close(fig)
+  paths["bytes"] = _finish(fig, ax, os.path.join(out_dir, "costmodel_cross_bytes_vs_c.png"),
+                           "MiB per device per step", "Embedding cross-tower bytes (HLO, host=2 x device=4)", 9)
 
   n, preset = FLAGS.headline_devices, FLAGS.headline_preset
   names = [c[0] for c in cases()]
@@ -331,14 +321,21 @@ def plots(out_dir, measured, pred, speed):
       ax.text(i, 0.93 * top, f"{b:.3g} ms", ha="center", fontsize=7, color="white")
   ax.set_xticks(range(len(rows)), [x.replace("flat ", "").replace("table_", "t").replace("_wise", "w") for x in names],
                 fontsize=8)
-  ax.set_ylabel("predicted ms per step")
-  ax.set_title(f"Predicted step breakdown, {n} devices, {preset}", fontsize=10)
+  paths["breakdown"] = _finish(fig, ax, os.path.join(out_dir, f"costmodel_breakdown_{preset}_{n}.png"),
+                               "predicted ms per step", f"Predicted step breakdown, {n} devices, {preset}", 10)
+  return paths
+
+
+def _finish(fig, ax, path: str, ylabel: str, title: str, title_size: int) -> str:
+  """Labels, legend and layout shared by the report's plots; saves ``fig`` to ``path`` and closes it."""
+  import matplotlib.pyplot as plt
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=title_size)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  paths["breakdown"] = os.path.join(out_dir, f"costmodel_breakdown_{preset}_{n}.png")
-  fig.savefig(paths["breakdown"])
+  fig.savefig(path)
   plt.close(fig)
-  return paths
+  return path
 
 
 def fmt(v, digits=3):
