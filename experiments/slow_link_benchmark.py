@@ -67,6 +67,11 @@ flags.DEFINE_list("cases", ["flat_tw", "flat_rw", "flat_twrw", "dmt_c4", "dmt_c1
                   "Cases: flat_tw, flat_rw, flat_twrw, flat_cw, dmt_c<k>.")
 flags.DEFINE_integer("repeats", 3, "Rounds over all link settings (speed and case order rotated each round).")
 flags.DEFINE_integer("steps", 3, "Timed steps per case per link setting per round.")
+flags.DEFINE_float("fast_ratio", 0.0,
+                   "0: the intra-host tier (each namespace's loopback, where gloo runs a process's own "
+                   "collectives) is left uncapped. > 0: it is capped at fast_ratio x the link cap, so the "
+                   "fast/slow ratio is fixed (e.g. 15 = NVLink vs NIC) while both tiers are slow relative "
+                   "to this CPU's compute, as on a GPU cluster. Uncapped speeds leave both tiers uncapped.")
 flags.DEFINE_float("delay_ms", 0.0, "One-way added delay per direction (needs the netem qdisc).")
 flags.DEFINE_bool("local_reference", False,
                   "Also time all cases with both processes in one namespace (a second start-up and compile).")
@@ -339,15 +344,18 @@ def run_placement(link, ends, speeds, s, log, record, port) -> None:
       order = speeds[r % len(speeds):] + speeds[:r % len(speeds)]
       for speed in order:
         label = _label(speed, local)
+        fast_cap = speed * FLAGS.fast_ratio if speed > 0 and FLAGS.fast_ratio > 0 else None
         if not local:
           link.set_rate(None if speed <= 0 else speed, FLAGS.delay_ms)
+          link.set_local_rate(fast_cap)
         t0 = time.perf_counter()
         kids.send({"cmd": "measure", "label": label, "round": r, "steps": s["steps"], "probe_reps": 5})
         for msg in kids.messages(lambda m: m.get("event") == "done", FLAGS.timeout_s):
           if msg.get("event") != "result":
             continue
           acc = record["settings"].setdefault(label, {
-              "label": label, "mbit": None if local else speed, "qdisc": link.qdisc_text(),
+              "label": label, "mbit": None if local else speed, "fast_cap_mbit": fast_cap,
+              "qdisc": link.qdisc_text(),
               "probe_bytes": msg["probe_bytes"], "link_a2a_s": [], "fast_a2a_s": [], "loadavg_1m": [],
               "wall_s": 0.0, "times": {n: [] for n in msg["times"]}})
           acc["link_a2a_s"] += msg["link_a2a_s"]
@@ -405,8 +413,8 @@ def summarize(record) -> list[dict]:
     b = x["probe_bytes"]
     link = DEVICES_PER_PROCESS * b / 2 / statistics.median(x["link_a2a_s"])
     fast = DEVICES_PER_PROCESS * b * 3 / 4 / statistics.median(x["fast_a2a_s"])
-    row = {"label": x["label"], "mbit": x["mbit"], "link_MBps": link / 1e6, "fast_MBps": fast / 1e6,
-           "fast_slow_ratio": fast / link}
+    row = {"label": x["label"], "mbit": x["mbit"], "fast_cap_mbit": x.get("fast_cap_mbit"),
+           "link_MBps": link / 1e6, "fast_MBps": fast / 1e6, "fast_slow_ratio": fast / link}
     if inproc:
       ip = DEVICES_PER_PROCESS * b * 3 / 4 / statistics.median(inproc["inproc_a2a_s"])
       row.update(inproc_MBps=ip / 1e6, inproc_slow_ratio=ip / link)
@@ -430,13 +438,18 @@ def summarize(record) -> list[dict]:
 
 
 def markdown(rows, cases) -> str:
-  head = ["link Mbit/s (cap)", "link MB/s (measured)", "fast/slow (gloo intra-host)", "fast/slow (in-memory)"] + [
-      f"{c} ms" for c in cases] + ["dmt_c4 vs best flat", "cross-host share of best flat step", "load (1 min)"]
+  two_tier = any(r.get("fast_cap_mbit") for r in rows)
+  head = ["link Mbit/s (cap)"] + (["intra-host Mbit/s (cap)"] if two_tier else []) + [
+      "link MB/s (measured)", "fast/slow (gloo intra-host)", "fast/slow (in-memory)"] + [
+      f"{c} ms" for c in cases] + ["dmt_c4 vs best flat", "network share of best flat step" if two_tier else
+                            "cross-host share of best flat step", "load (1 min)"]
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     is_local = r["label"] == "local"
-    cells = [r["label"] + (" (1 namespace)" if is_local else ""),
-             f"{r['link_MBps']:.0f} (loopback)" if is_local else f"{r['link_MBps']:.1f}",
+    cells = [r["label"] + (" (1 namespace)" if is_local else "")]
+    if two_tier:
+      cells.append(f"{r['fast_cap_mbit']:g}" if r.get("fast_cap_mbit") else "uncapped")
+    cells += [f"{r['link_MBps']:.0f} (loopback)" if is_local else f"{r['link_MBps']:.1f}",
              "-" if is_local else f"{r['fast_slow_ratio']:.1f}",
              "-" if is_local or "inproc_slow_ratio" not in r else f"{r['inproc_slow_ratio']:.1f}"]
     for c in cases:
@@ -471,13 +484,22 @@ def plot(rows, cases, path) -> None:
          title="train step vs link cap (dashed: uncapped veth)")
   ax.legend(fontsize=8)
   sp = [r for r in link if "dmt_c4_speedup" in r]
-  ax2.plot([r["fast_slow_ratio"] for r in sp], [r["dmt_c4_speedup"] for r in sp], marker="o")
-  for r in sp:
-    ax2.annotate(f"{r['mbit']:g}", (r["fast_slow_ratio"], r["dmt_c4_speedup"]), fontsize=7)
+  two_tier = any(r.get("fast_cap_mbit") for r in rows)
+  # One tier: the ratio varies with the cap, so it is the x axis. Two tiers: the ratio is held
+  # (about) fixed, so the x axis is the cap and each point is labelled with its measured ratio.
+  xs = [r["mbit"] if two_tier else r["fast_slow_ratio"] for r in sp]
+  ax2.plot(xs, [r["dmt_c4_speedup"] for r in sp], marker="o")
+  for x, r in zip(xs, sp):
+    ax2.annotate(f"{r['fast_slow_ratio']:.0f}x" if two_tier else f"{r['mbit']:g}", (x, r["dmt_c4_speedup"]),
+                 fontsize=7)
   ax2.axhline(1.9, ls="--", color="red", lw=0.8, label="1.9x (paper)")
   ax2.axhline(1.0, color="gray", lw=0.8)
-  ax2.set(xscale="log", xlabel="measured fast/slow bandwidth ratio", ylabel="DMT c=4 speedup over best flat",
-          title="speedup vs bandwidth ratio (labels: Mbit/s)")
+  if two_tier:
+    ax2.set(xscale="log", xlabel="link cap, Mbit/s (intra-host tier capped at fast_ratio x)",
+            ylabel="DMT c=4 speedup over best flat", title="speedup vs link cap (labels: measured fast/slow)")
+  else:
+    ax2.set(xscale="log", xlabel="measured fast/slow bandwidth ratio", ylabel="DMT c=4 speedup over best flat",
+            title="speedup vs bandwidth ratio (labels: Mbit/s)")
   ax2.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

@@ -60,6 +60,24 @@ def test_rate_must_be_positive():
     netem.rate_commands(_spec(), 0)
 
 
+def test_local_rate_commands_cap_loopback_in_both_namespaces():
+  cmds = netem.local_rate_commands(_spec(), 1000)
+  for ns in ("nsA", "nsB"):
+    assert ["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "lo", "root"] in cmds
+    add = next(c for c in cmds if c[3] == ns and c[6] == "add")
+    assert add[7:13] == ["dev", "lo", "root", "tbf", "rate", "1000mbit"]
+    assert int(add[14]) >= 256 * 1024      # one 64 KiB GSO packet on lo must always fit the bucket
+  assert all(c[6] == "del" for c in netem.local_rate_commands(_spec(), None))
+  with pytest.raises(ValueError, match="rate_mbit"):
+    netem.local_rate_commands(_spec(), -1)
+
+
+def test_set_local_rate_needs_create():
+  link = netem.SlowLink(_spec(), runner=lambda cmd, check=True: None)
+  with pytest.raises(RuntimeError, match="before create"):
+    link.set_local_rate(100)
+
+
 @pytest.mark.parametrize("mbit,expect", [(50, 64 * 1024), (1000, 125_000), (10_000, 1_250_000)])
 def test_tbf_burst(mbit, expect):
   assert netem.tbf_burst_bytes(mbit) == expect
@@ -168,3 +186,22 @@ def test_real_link_is_capped_and_removed():
   names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
   assert spec.ns_a not in names and spec.ns_b not in names
   assert not os.path.exists(os.path.join(netem.NETNS_DIR, spec.ns_a))
+
+
+@pytest.mark.skipif(not _OK, reason=f"real network namespaces unavailable: {_WHY}")
+def test_real_loopback_cap_throttles_traffic_inside_a_namespace():
+  """The intra-host tier: 2 MB to the namespace's own address under a 40 Mbit/s lo cap is capped."""
+  spec = netem.LinkSpec.unique(f"u{os.getpid() % 100000}", hostname=socket.gethostname())
+  nbytes = 2_000_000
+  with netem.SlowLink(spec) as link:
+    link.set_local_rate(40)
+    recv = subprocess.Popen(link.exec_prefix("a") + [sys.executable, "-c", _RECV, spec.addr_a, str(nbytes)],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    subprocess.run(link.exec_prefix("a") + [sys.executable, "-c", _SEND, spec.addr_a, str(nbytes)],
+                   check=True, timeout=30)
+    got, secs = recv.communicate(timeout=30)[0].split()
+    assert int(got) == nbytes
+    rate_mbit = nbytes * 8 / float(secs) / 1e6
+    assert rate_mbit < 40 * 1.3, rate_mbit
+    assert "tbf" in link.qdisc_text()

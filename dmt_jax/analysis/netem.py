@@ -6,7 +6,8 @@ only inside the two namespaces). Each end gets a root ``tbf`` (token bucket) qdi
 rate, so each direction of the link is capped; a constant delay is added with ``netem`` when the kernel
 has it (``netem_available``), otherwise the link has no added delay. Processes started with
 ``exec_prefix(ns)`` live in that namespace: traffic between them crosses the capped veth, traffic
-inside one namespace (its own address or loopback) stays at memory speed.
+inside one namespace (its own address or loopback) stays at memory speed unless ``set_local_rate`` caps
+the namespace's ``lo`` too (a two-tier link with a chosen fast/slow ratio).
 
 gloo (JAX's CPU cross-process collectives) binds to whatever the machine's hostname resolves to, so
 each namespace gets ``/etc/netns/<ns>/hosts`` mapping the hostname to its own address (``ip netns
@@ -128,6 +129,30 @@ def rate_commands(spec: LinkSpec, rate_mbit: float | None, delay_ms: float = 0.0
   return cmds
 
 
+def local_rate_commands(spec: LinkSpec, rate_mbit: float | None,
+                        queue_latency_ms: float = 100.0) -> list[list[str]]:
+  """Caps (or, with ``None``, uncaps) the *intra-host* tier: ``lo`` egress in both namespaces.
+
+  Traffic a process sends to its own namespace's addresses (its own veth address included) is routed
+  through ``lo``; XLA:CPU's multi-process collectives among one process's devices use gloo over exactly
+  that path, so this throttles the fast tier while the veth cap throttles the slow one. ``lo`` carries
+  GSO super-packets of up to 64 KiB, so the bucket holds at least 256 KiB (a bucket smaller than one
+  packet would stall the device).
+  """
+  cmds = []
+  for ns in (spec.ns_a, spec.ns_b):
+    tc = ["ip", "netns", "exec", ns, "tc", "qdisc"]
+    cmds.append(tc + ["del", "dev", "lo", "root"])    # may fail when nothing is set: run with check=False
+    if rate_mbit is None:
+      continue
+    if rate_mbit <= 0:
+      raise ValueError(f"rate_mbit must be > 0 (or None for no cap), got {rate_mbit}")
+    cmds.append(tc + ["add", "dev", "lo", "root", "tbf", "rate", f"{rate_mbit:g}mbit", "burst",
+                      str(tbf_burst_bytes(rate_mbit, min_bytes=256 * 1024)),
+                      "latency", f"{queue_latency_ms:g}ms"])
+  return cmds
+
+
 def teardown_commands(spec: LinkSpec) -> list[list[str]]:
   """Deleting a namespace deletes the veth end inside it, and with it the peer."""
   return [["ip", "netns", "del", spec.ns_a], ["ip", "netns", "del", spec.ns_b],
@@ -183,6 +208,7 @@ class SlowLink:
     self._created = False
     self._netem: bool | None = None
     self.rate_mbit: float | None = None
+    self.local_rate_mbit: float | None = None
     self.delay_ms: float = 0.0
 
   def __enter__(self) -> "SlowLink":
@@ -240,12 +266,21 @@ class SlowLink:
       self._run(cmd, check=cmd[6] != "del")   # deleting a missing root qdisc fails harmlessly
     self.rate_mbit, self.delay_ms = rate_mbit, delay_ms
 
+  def set_local_rate(self, rate_mbit: float | None) -> None:
+    """Caps each namespace's intra-host tier (``lo``) at ``rate_mbit`` Mbit/s; ``None`` = no cap."""
+    if not self._created:
+      raise RuntimeError("SlowLink.set_local_rate before create()")
+    for cmd in local_rate_commands(self.spec, rate_mbit):
+      self._run(cmd, check=cmd[6] != "del")
+    self.local_rate_mbit = rate_mbit
+
   def qdisc_text(self) -> str:
-    """``tc qdisc show`` of both ends (for the record)."""
+    """``tc qdisc show`` of both ends and both loopbacks (for the record)."""
     out = []
     for ns, veth, _ in self.spec.ends():
-      r = self._run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", veth], check=False)
-      out.append(f"{ns}/{veth}: {r.stdout.strip()}")
+      for dev in (veth, "lo"):
+        r = self._run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev], check=False)
+        out.append(f"{ns}/{dev}: {r.stdout.strip()}")
     return "\n".join(out)
 
   def close(self) -> None:
