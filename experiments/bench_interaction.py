@@ -1,10 +1,12 @@
 r"""Micro-benchmark: DLRM's pairwise dot interaction, forward + backward, per formulation.
 
   python experiments/bench_interaction.py                      # [4096, 27, 64] over 8 emulated devices
+  python experiments/bench_interaction.py --num_cpu_devices=1  # the same on one device
 
 ``models.interactions.dot_interaction`` (gram matrix by einsum, then the strictly-lower triangle by
-index) against two rewrites of its backward: the triangle as a concatenation of row slices, and a
-custom VJP that uses the gram's symmetry (one batched matmul instead of two). All are checked against
+index) against three rewrites: the triangle as a concatenation of row slices, a custom VJP that uses
+the gram's symmetry (one batched matmul instead of two), and the gram as one fused broadcast-multiply-sum
+(no matmul at all). ``--num_cpu_devices=1`` times one device (one thread) instead of 8. All are checked against
 the library's values and gradients first; then each is timed (median of ``--repeats``), interleaved
 over ``--rounds``.
 """
@@ -49,8 +51,13 @@ def main(argv):
     g = gram(x)
     return jnp.concatenate([g[:, i, :i] for i in range(1, n)], axis=1)
 
+  rows, cols = np.tril_indices(n, k=-1)
+
+  def broadcast_sum(x):   # one fused multiply + reduce over D instead of a batched matmul
+    return jnp.sum(x[:, :, None, :] * x[:, None, :, :], axis=-1)[:, rows, cols]
+
   arms = {"library (einsum + index)": dot_interaction, "triangle by slices": by_slices,
-          "symmetric custom vjp": symmetric_vjp}
+          "symmetric custom vjp": symmetric_vjp, "broadcast multiply-sum": broadcast_sum}
   x = jax.random.normal(jax.random.key(0), (_BATCH.value, n, _DIM.value))
   ct = jax.random.normal(jax.random.key(1), (_BATCH.value, n * (n - 1) // 2))
   ref, ref_g = dot_interaction(x), jax.grad(lambda x: jnp.sum(dot_interaction(x) * ct))(x)
