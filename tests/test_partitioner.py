@@ -271,7 +271,10 @@ def test_tp_recovers_planted_groups_from_a_briefly_trained_flat_model():
   state = train.init_state(exp, 0)
   step = train.make_train_step(exp, train.state_shardings(state))
   for s in range(300):
-    state, _ = step(state, train.to_global(exp, exp.source.train_batch(s)))
+    state, out = step(state, train.to_global(exp, exp.source.train_batch(s)))
+    # Wait for each step, as train.train_and_evaluate does: 300 steps dispatched without a sync once
+    # aborted the whole pytest process (XLA:CPU, 8 emulated devices, after ~500 earlier tests).
+    assert np.isfinite(float(out["loss"])), s
   tables = exp.engine.tables_to_logical(state["tables"])
   batches = [exp.source.train_batch(1000 + i) for i in range(4)]
   fs = exp.fs
