@@ -7,7 +7,8 @@
 
 Every suite compiles its cases, then times them interleaved (``--rounds`` rounds of ``--steps`` steps),
 reporting median and min/max step time, examples/s, compile time, XLA memory analysis, FLOPs and bytes
-(XLA cost analysis) against this machine's measured matmul rate and memory bandwidth (the floor), and the
+(XLA cost analysis) against this machine's matmul rate and memory bandwidth (the floor; both measured at
+the start of every round, median used, so they drift with the machine like the steps do), and the
 communication bytes of the compiled step. Default model: DLRM, 26 tables x 100k rows x dim 64, batch
 4096, MLPs 13-512-256-64 / 512-256-1, 8 CPU devices as host=2 x device=4.
 """
@@ -93,11 +94,11 @@ def main(argv):
   rounds = 3 if FLAGS.quick else FLAGS.rounds
   steps = 3 if FLAGS.quick else FLAGS.steps
   cases = suite_cases(FLAGS.suite, FLAGS.quick)
-  rates = bench.machine_rates(0.5 if FLAGS.quick else 2.0)
   for c in cases:
     print(f"[bench] compiling {c.name}", file=sys.stderr, flush=True)
     bench.prepare(c)
-  bench.interleaved(cases, rounds, steps)
+  # The floor's matmul rate and memory bandwidth are sampled at the start of every round (median used).
+  rates = bench.median_rates(bench.interleaved(cases, rounds, steps, rate_probe_s=0.3 if FLAGS.quick else 0.5))
   rows = [bench.summarize(c, rates) for c in cases]
   cmd = "python experiments/benchmark.py " + " ".join(sys.argv[1:])
   result = {"suite": FLAGS.suite, "command": cmd, "machine": rates, "rounds": rounds, "steps": steps,
@@ -105,8 +106,9 @@ def main(argv):
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, f"{FLAGS.suite}.json"), "w") as f:
     json.dump(result, f, indent=1)
-  md = (f"`{cmd}` — matmul {rates['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, memory "
-        f"{rates['memory_bytes_per_s'] / 1e9:.1f} GB/s, peak RSS {result['peak_rss_mib']:.0f} MiB\n\n"
+  md = (f"`{cmd}` — matmul {rates['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"[{rates['matmul_flops_per_s_min'] / 1e9:.0f}–{rates['matmul_flops_per_s_max'] / 1e9:.0f} over {rounds} "
+        f"rounds], memory {rates['memory_bytes_per_s'] / 1e9:.1f} GB/s, peak RSS {result['peak_rss_mib']:.0f} MiB\n\n"
         + bench.markdown_table(rows, KEYS))
   with open(os.path.join(FLAGS.output_dir, f"{FLAGS.suite}.md"), "w") as f:
     f.write(md + "\n")

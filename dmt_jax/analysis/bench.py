@@ -4,9 +4,11 @@ Benchmarks are measurements, not tests. Cases are compiled once, then timed in i
 (case A, B, C, A, B, C, ...) so that load on this shared machine hits every case alike; we report the
 median and the spread (min/max over rounds) of the per-step time.
 
-The *floor* of a step is ``max(flops / matmul_rate, bytes / memory_bandwidth)`` with both rates
-measured on this machine in the same run and the FLOPs / bytes taken from XLA's cost analysis of the
-compiled step (summed over the emulated devices, which all share this machine's cores).
+The *floor* of a step is ``flops / matmul_rate``: the FLOPs of XLA's cost analysis of the compiled step
+(summed over the emulated devices, which all share this machine's cores) at this machine's f32 matmul
+rate, measured in the same run (``interleaved(..., rate_probe_s=...)`` samples it every round). XLA's
+"bytes accessed" over-counts (every op's operands), so ``bytes / memory_bandwidth`` is reported as an
+estimate next to it, not used as a floor.
 """
 
 from __future__ import annotations
@@ -96,10 +98,26 @@ def run_round(case: Case, steps: int) -> float:
   return (time.perf_counter() - t0) / steps
 
 
-def interleaved(cases: Sequence[Case], rounds: int, steps: int) -> None:
+def interleaved(cases: Sequence[Case], rounds: int, steps: int, rate_probe_s: float = 0.0) -> list[dict]:
+  """``rounds`` rounds over all cases; with ``rate_probe_s > 0`` each round starts with a
+  ``machine_rates`` probe of that length, so the floor's matmul rate is sampled under the same drifting
+  conditions as the steps (returned, one dict per round; see ``median_rates``)."""
+  probes = []
   for _ in range(rounds):
+    if rate_probe_s > 0:
+      probes.append(machine_rates(rate_probe_s))
     for c in cases:
       c.times.append(run_round(c, steps))
+  return probes
+
+
+def median_rates(probes: Sequence[dict]) -> dict:
+  """Per-key median of several ``machine_rates`` results (plus their min and max, for the record)."""
+  keys = probes[0].keys()
+  out = {k: statistics.median(p[k] for p in probes) for k in keys}
+  out.update({f"{k}_min": min(p[k] for p in probes) for k in keys})
+  out.update({f"{k}_max": max(p[k] for p in probes) for k in keys})
+  return out
 
 
 def machine_rates(seconds: float = 1.0) -> dict:
