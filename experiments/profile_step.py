@@ -4,7 +4,8 @@ r"""Where a train step's time goes: a ``jax.profiler`` trace of a few steps, sum
   python experiments/profile_step.py --config=experiments/configs/dmt_dlrm.py:medium --top=40
 
 Compiles one train step of ``--config`` (tables filled with a constant, as in the benchmarks), runs
-``--warmup`` steps, traces ``--steps`` more and prints (1) the median step time, (2) per-op time per
+``--warmup`` steps, traces ``--steps`` more and prints (1) the median step time and the process's CPU
+time per step (user + system, and the average number of cores busy), (2) per-op time per
 step summed over the emulated devices' threads (so it can exceed the wall time: 8 device threads share
 this machine's cores) grouped into categories (matmul, sort, gather, scatter, zero-fill, collective,
 other) and (3) the ``--top`` ops with their HLO shape. Collective times include waiting for the slowest
@@ -16,6 +17,7 @@ import glob
 import gzip
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -73,7 +75,11 @@ def main(argv):
   shapes = hlo.instruction_shapes(case.step.as_text())
   if _WARMUP.value:
     bench.run_round(case, _WARMUP.value)
+  cpu0 = resource.getrusage(resource.RUSAGE_SELF)
   times = [bench.run_round(case, 1) for _ in range(_STEPS.value)]
+  cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+  user_ms = 1e3 * (cpu1.ru_utime - cpu0.ru_utime) / _STEPS.value
+  sys_ms = 1e3 * (cpu1.ru_stime - cpu0.ru_stime) / _STEPS.value
   run_dir = os.path.join(_TRACE_DIR.value, time.strftime("%Y%m%d-%H%M%S"))
   jax.profiler.start_trace(run_dir, create_perfetto_trace=True)
   bench.run_round(case, _STEPS.value)
@@ -85,6 +91,8 @@ def main(argv):
     cats[category(name)] += ms
   print(f"median step {1e3 * statistics.median(times):.1f} ms (untraced, {_STEPS.value} steps, "
         f"{case.exp.topology.num_devices} devices); trace: {trace}")
+  print(f"CPU time per step (untraced): user {user_ms:.1f} ms + system {sys_ms:.1f} ms = "
+        f"{(user_ms + sys_ms) / (1e3 * statistics.mean(times)):.2f} cores busy on average")
   print("\nms per step, summed over device threads, by category:")
   for k, v in cats.most_common():
     print(f"  {k:11s} {v:8.1f}")

@@ -50,7 +50,7 @@ def test_runs_on_tiny(tmp_path):
                         f"--trace_dir={tmp_path}", "--top=5"], capture_output=True, text=True, cwd=REPO,
                        timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert "median step" in res.stdout and "by category" in res.stdout
+  assert "median step" in res.stdout and "by category" in res.stdout and "cores busy" in res.stdout
   assert "collective" in res.stdout and "matmul" in res.stdout
 
 
