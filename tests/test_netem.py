@@ -167,21 +167,26 @@ c.sendall(b"\0" * int(sys.argv[2])); c.close()
 """
 
 
+def _send_and_measure_mbit(link, sender: str, receiver: str, nbytes: int = 2_000_000) -> float:
+  """Sends ``nbytes`` over TCP from end ``sender`` to the address of end ``receiver``; Mbit/s achieved."""
+  addr = link.address(receiver)
+  recv = subprocess.Popen(link.exec_prefix(receiver) + [sys.executable, "-c", _RECV, addr, str(nbytes)],
+                          stdout=subprocess.PIPE, text=True)
+  time.sleep(0.3)
+  subprocess.run(link.exec_prefix(sender) + [sys.executable, "-c", _SEND, addr, str(nbytes)],
+                 check=True, timeout=30)
+  got, secs = recv.communicate(timeout=30)[0].split()
+  assert int(got) == nbytes
+  return nbytes * 8 / float(secs) / 1e6
+
+
 @pytest.mark.skipif(not _OK, reason=f"real network namespaces unavailable: {_WHY}")
 def test_real_link_is_capped_and_removed():
   """2 MB over a 40 Mbit/s cap takes >= ~0.4 s (uncapped: milliseconds); nothing is left after."""
   spec = netem.LinkSpec.unique(f"t{os.getpid() % 100000}", hostname=socket.gethostname())
-  nbytes = 2_000_000
   with netem.SlowLink(spec) as link:
     link.set_rate(40)
-    recv = subprocess.Popen(link.exec_prefix("b") + [sys.executable, "-c", _RECV, spec.addr_b, str(nbytes)],
-                            stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    subprocess.run(link.exec_prefix("a") + [sys.executable, "-c", _SEND, spec.addr_b, str(nbytes)],
-                   check=True, timeout=30)
-    got, secs = recv.communicate(timeout=30)[0].split()
-    assert int(got) == nbytes
-    rate_mbit = nbytes * 8 / float(secs) / 1e6
+    rate_mbit = _send_and_measure_mbit(link, "a", "b")
     assert rate_mbit < 40 * 1.3, rate_mbit
   names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
   assert spec.ns_a not in names and spec.ns_b not in names
@@ -190,18 +195,12 @@ def test_real_link_is_capped_and_removed():
 
 @pytest.mark.skipif(not _OK, reason=f"real network namespaces unavailable: {_WHY}")
 def test_real_loopback_cap_throttles_traffic_inside_a_namespace():
-  """The intra-host tier: 2 MB to the namespace's own address under a 40 Mbit/s lo cap is capped."""
+  """The intra-host tier: 2 MB to the namespace's own address under a 40 Mbit/s lo cap is capped,
+  while the veth (uncapped) still carries it fast."""
   spec = netem.LinkSpec.unique(f"u{os.getpid() % 100000}", hostname=socket.gethostname())
-  nbytes = 2_000_000
   with netem.SlowLink(spec) as link:
     link.set_local_rate(40)
-    recv = subprocess.Popen(link.exec_prefix("a") + [sys.executable, "-c", _RECV, spec.addr_a, str(nbytes)],
-                            stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    subprocess.run(link.exec_prefix("a") + [sys.executable, "-c", _SEND, spec.addr_a, str(nbytes)],
-                   check=True, timeout=30)
-    got, secs = recv.communicate(timeout=30)[0].split()
-    assert int(got) == nbytes
-    rate_mbit = nbytes * 8 / float(secs) / 1e6
+    rate_mbit = _send_and_measure_mbit(link, "a", "a")
     assert rate_mbit < 40 * 1.3, rate_mbit
     assert "tbf" in link.qdisc_text()
+    assert _send_and_measure_mbit(link, "a", "b") > 40 * 2      # across the veth: not the lo cap
