@@ -39,7 +39,9 @@ so the shared machine's load drifts spread over all settings), sets the cap and 
 Cross-host share of a flat step at a setting = (step - step on the uncapped veth) / step (the uncapped
 veth, ``0`` in ``--speeds``, moves ~400 MB/s here; ``--local_reference`` also times both processes in
 one namespace). With ``--auc_steps`` it finally trains flat TW and DMT once, without link emulation,
-with ``experiments/main.py`` on the ``tiny`` preset and reports the eval AUCs.
+and reports the eval AUCs: with ``experiments/main.py`` on the ``tiny`` preset, or with
+``--auc_model=bench`` the timed model itself (every timed case but ``flat_rw``, on its synthetic data,
+one process with 8 devices; internal ``--child_auc=<case>``).
 
 Writes ``slowlink.json``, ``slowlink.md`` and ``slowlink.png`` under ``--output_dir`` and prints the
 command line. Internal: ``--child`` runs one timing process (started by the parent).
@@ -80,7 +82,12 @@ flags.DEFINE_integer("vocab", 50_000, "Rows per table (26 tables).")
 flags.DEFINE_integer("dim", 64, "Embedding dim.")
 flags.DEFINE_list("bottom_mlp", ["256", "64"], "Bottom MLP widths (last = dim).")
 flags.DEFINE_list("top_mlp", ["256", "128", "1"], "Top MLP widths (last = 1).")
-flags.DEFINE_integer("auc_steps", 300, "Steps of the flat/DMT AUC runs (tiny preset); 0 = skip.")
+flags.DEFINE_integer("auc_steps", 300, "Steps of the flat/DMT AUC runs; 0 = skip.")
+flags.DEFINE_enum("auc_model", "tiny", ["tiny", "bench"],
+                  "Model of the AUC runs: the 'tiny' preset (experiments/main.py), or 'bench' = the timed model "
+                  "itself (26 x --vocab x --dim, --batch_size, the MLPs above) on its synthetic data, one process "
+                  "with 8 devices, no link emulation. 'bench' also trains flat_twrw / dmt_c8 when timed.")
+flags.DEFINE_string("child_auc", None, "Internal: train one case of the timed model, print its eval metrics.")
 flags.DEFINE_integer("timeout_s", 1800, "Give up on a phase (start-up or one link setting) after this.")
 flags.DEFINE_bool("child", False, "Internal: run one timing process.")
 flags.DEFINE_bool("child_probe", False, "Internal: in-memory all-to-all probe (one process, no network).")
@@ -250,7 +257,7 @@ def remote_all_to_all_bytes(collectives, group_size: int) -> int:
 def child_args() -> list[str]:
   """The parent's own flags, minus the internal ones, for the children."""
   return [a for a in sys.argv[1:] if not a.startswith(("--child", "--coordinator_address", "--process_id",
-                                                       "--output_dir"))]
+                                                       "--output_dir"))]   # also drops --child_auc
 
 
 class Children:
@@ -369,6 +376,38 @@ def run_placement(link, ends, speeds, s, log, record, port) -> None:
                 f" (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
   finally:
     kids.close()
+
+
+def auc_child_main() -> None:
+  """``--child_auc=<case>``: the timed model trained for ``--auc_steps`` in one process, eval at the end."""
+  import jax
+  jax.config.update("jax_num_cpu_devices", NUM_PROCESSES * DEVICES_PER_PROCESS)
+  from dmt_jax import train
+  s = settings()
+  cfg = model_config(FLAGS.child_auc, s["batch"], s["vocab"], s["dim"], s["bottom"], s["top"])
+  cfg.num_train_steps, cfg.eval_every, cfg.checkpoint_every = s["auc_steps"], 0, 0
+  cfg.log_every = max(1, s["auc_steps"] // 4)
+  cfg.num_eval_batches = 16          # 16 x batch held-out examples (the default 4 is noisy at +-0.005)
+  result = train.train_and_evaluate(cfg, os.path.join(FLAGS.output_dir, f"auc_{FLAGS.child_auc}"))
+  emit({"event": "auc", "case": FLAGS.child_auc, "step": s["auc_steps"], "auc": result["auc"],
+        "ne": result.get("ne")})
+
+
+def run_auc_bench(steps: int, out_dir: str, cases) -> dict:
+  """Eval AUC of the timed model itself, per timed case (flat_rw left out: same model as flat_tw)."""
+  result = {}
+  for name in [c for c in cases if c != "flat_rw"]:
+    cmd = [sys.executable, "-u", SCRIPT, *child_args(), f"--output_dir={out_dir}", f"--child_auc={name}"]
+    print(f"[slowlink] AUC run (timed model): {name}", file=sys.stderr, flush=True)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    msgs = [json.loads(l[len(TAG):]) for l in r.stdout.splitlines() if l.startswith(TAG)]
+    command = ("python experiments/slow_link_benchmark.py " + " ".join(child_args()) +
+               f" --output_dir={out_dir} --child_auc={name}")
+    if r.returncode != 0 or not msgs:
+      result[name] = {"error": r.stderr[-2000:], "command": command}
+      continue
+    result[name] = {"command": command, "step": msgs[-1]["step"], "auc": msgs[-1]["auc"], "ne": msgs[-1]["ne"]}
+  return result
 
 
 def run_auc(steps: int, out_dir: str) -> dict:
@@ -542,7 +581,9 @@ def parent_main() -> int:
     run_placement(link, ("a", "b"), s["speeds"], s, log, record, port=29502)
   record["benchmark_wall_s"] = time.time() - t_start
   if s["auc_steps"] > 0:
-    record["auc"] = run_auc(s["auc_steps"], out_dir)
+    record["auc_model"] = FLAGS.auc_model
+    record["auc"] = (run_auc_bench(s["auc_steps"], out_dir, s["cases"]) if FLAGS.auc_model == "bench"
+                     else run_auc(s["auc_steps"], out_dir))
   rows = summarize(record)
   record["rows"] = rows
   with open(os.path.join(out_dir, "slowlink.json"), "w") as f:
@@ -562,7 +603,8 @@ def parent_main() -> int:
               f"{c.get('remote_a2a_bytes', 0) / 1e6:.2f} MB | {cm.get('intra_tower_bytes', 0) / 1e6:.2f} MB | "
               f"{c.get('compile_s', 0):.0f} |")
   if "auc" in record:
-    md += ["", "AUC (tiny preset, one process, 2x4 mesh, no link emulation):", ""]
+    what = ("the timed model itself, its synthetic data" if FLAGS.auc_model == "bench" else "tiny preset")
+    md += ["", f"AUC ({what}, {s['auc_steps']} steps, one process, 2x4 mesh, no link emulation):", ""]
     for n, a in record["auc"].items():
       md.append(f"* {n}: " + (f"eval AUC {a['auc']:.4f} at step {a['step']} (`{a['command']}`)"
                               if "auc" in a else f"failed: {a['error'][-300:]}"))
@@ -582,6 +624,9 @@ def main(argv):
     return 0
   if FLAGS.child_probe:
     probe_main()
+    return 0
+  if FLAGS.child_auc:
+    auc_child_main()
     return 0
   return parent_main()
 
