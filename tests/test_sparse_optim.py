@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dmt_jax.embedding.engine import EmbeddingEngine, EngineConfig
-from dmt_jax.embedding.sparse_optim import SparseOptimizer, dense_reference_step
+from dmt_jax.embedding.sparse_optim import SparseOptimizer, dedupe_rows, dense_reference_step
 from dmt_jax.features import FeatureSet, FeatureSpec, TableSpec
 from dmt_jax.topology import Topology, make_mesh
 
@@ -219,3 +219,18 @@ def test_update_cost_is_rows_touched(name):
   if flops is None:
     pytest.skip("this backend's cost analysis reports no flops")
   assert flops < BIG * W / 100, flops
+
+
+@pytest.mark.parametrize("case", ["zipf", "all_same", "all_distinct", "with_sentinels", "one"])
+def test_dedupe_rows_equals_unique_with_inverse(case):
+  """The single-sort dedupe returns exactly what jnp.unique(size=n, fill_value, return_inverse) does."""
+  rng = np.random.default_rng(7)
+  rows = {"zipf": rng.zipf(1.3, 257) % 50, "all_same": np.full(64, 3), "all_distinct": rng.permutation(64),
+          "with_sentinels": np.where(rng.random(100) < 0.3, 40, rng.integers(0, 40, 100)),
+          "one": np.array([5])}[case].astype(np.int32)
+  fill = 40 if case == "with_sentinels" else 1000
+  uniq, inv = jax.jit(dedupe_rows, static_argnums=1)(jnp.asarray(rows), fill)
+  want_u, want_inv = jnp.unique(jnp.asarray(rows), size=rows.size, fill_value=fill, return_inverse=True)
+  np.testing.assert_array_equal(np.asarray(uniq), np.asarray(want_u))
+  np.testing.assert_array_equal(np.asarray(inv), np.asarray(want_inv).ravel())
+  np.testing.assert_array_equal(np.asarray(uniq)[np.asarray(inv)], rows)     # uniq[inv] reconstructs rows
