@@ -1,4 +1,6 @@
-"""experiments/slow_link_benchmark.py: the parts that need no root (summary, table, AUC child)."""
+"""The slow-link benchmark's parts that need no root: its report (dmt_jax/analysis/slowlink_report.py)
+and the AUC child of experiments/slow_link_benchmark.py (run as a subprocess: the script defines absl
+flags that other experiment scripts imported by the tests define too)."""
 
 import json
 import os
@@ -7,9 +9,10 @@ import sys
 
 import pytest
 
+from dmt_jax.analysis import slowlink_report as slb
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "experiments"))
-import slow_link_benchmark as slb  # noqa: E402
+TAG = "@@"        # the script's child -> parent line prefix
 
 
 def _setting(label, mbit, fast_cap, flat_s, dmt_s, link_s=0.01, fast_s=0.001):
@@ -21,7 +24,7 @@ def _setting(label, mbit, fast_cap, flat_s, dmt_s, link_s=0.01, fast_s=0.001):
 def test_summary_speedup_ratio_and_network_share():
   record = {"settings": {"100": _setting("100", 100.0, 1000.0, 1.0, 0.4),
                          "unthrottled": _setting("unthrottled", 0.0, None, 0.2, 0.25, link_s=0.001)}}
-  rows = slb.summarize(record)
+  rows = slb.summarize(record, devices_per_process=4)
   capped = next(r for r in rows if r["label"] == "100")
   assert capped["dmt_c4_speedup"] == pytest.approx(2.5)
   assert capped["best_flat"] == "flat_tw"
@@ -46,6 +49,13 @@ def test_auc_child_trains_the_timed_model(tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=300,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert res.returncode == 0, res.stderr[-3000:]
-  msg = [json.loads(l[len(slb.TAG):]) for l in res.stdout.splitlines() if l.startswith(slb.TAG)][-1]
+  msg = [json.loads(l[len(TAG):]) for l in res.stdout.splitlines() if l.startswith(TAG)][-1]
   assert msg["case"] == "dmt_c4" and msg["step"] == 2 and 0.0 <= msg["auc"] <= 1.0
   assert os.path.exists(tmp_path / "auc_dmt_c4" / "metrics.jsonl")
+
+
+def test_remote_all_to_all_bytes_counts_only_members_on_other_hosts():
+  colls = [{"op": "all-to-all", "scope": "cross_tower", "bytes": 800, "groups": [[0, 1, 4, 5]]},   # 2 of 4 remote
+           {"op": "all-to-all", "scope": "intra_tower", "bytes": 999, "groups": [[0, 1]]},
+           {"op": "all-reduce", "scope": "cross_tower", "bytes": 999, "groups": [[0, 4]]}]
+  assert slb.remote_all_to_all_bytes(colls, group_size=4) == 400
