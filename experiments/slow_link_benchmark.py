@@ -147,6 +147,11 @@ def emit(obj) -> None:
   sys.stdout.flush()
 
 
+def tagged(stdout: str) -> list[dict]:
+  """The child -> parent messages (``TAG`` + JSON lines) in a child's output."""
+  return [json.loads(line[len(TAG):]) for line in stdout.splitlines() if line.startswith(TAG)]
+
+
 def probe_bytes(s) -> int:
   """S: one device's pooled embeddings ``[B/8, 26, D]`` f32 (the flat lookup's message size)."""
   return s["batch"] // (NUM_PROCESSES * DEVICES_PER_PROCESS) * 26 * s["dim"] * 4
@@ -390,7 +395,7 @@ def run_auc_bench(steps: int, out_dir: str, cases) -> dict:
     cmd = [sys.executable, "-u", SCRIPT, *child_args(), f"--output_dir={out_dir}", f"--child_auc={name}"]
     print(f"[slowlink] AUC run (timed model): {name}", file=sys.stderr, flush=True)
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    msgs = [json.loads(l[len(TAG):]) for l in r.stdout.splitlines() if l.startswith(TAG)]
+    msgs = tagged(r.stdout)
     command = ("python experiments/slow_link_benchmark.py " + " ".join(child_args()) +
                f" --output_dir={out_dir} --child_auc={name}")
     if r.returncode != 0 or not msgs:
@@ -449,7 +454,7 @@ def parent_main() -> int:
   t_start = time.time()
   r = subprocess.run([sys.executable, "-u", SCRIPT, *child_args(), "--child_probe"], cwd=REPO, capture_output=True,
                      text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=FLAGS.timeout_s)
-  probe = [json.loads(l[len(TAG):]) for l in r.stdout.splitlines() if l.startswith(TAG)]
+  probe = tagged(r.stdout)
   if r.returncode != 0 or not probe:
     raise RuntimeError(f"in-memory probe failed ({r.returncode}): {r.stderr[-2000:]}")
   record["inproc_probe"] = probe[0]

@@ -101,6 +101,14 @@ def tbf_burst_bytes(rate_mbit: float, min_bytes: int = 64 * 1024, window_s: floa
   return int(max(min_bytes, rate_mbit * 1e6 / 8 * window_s))
 
 
+def tbf_args(rate_mbit: float, queue_latency_ms: float, min_burst_bytes: int = 64 * 1024) -> list[str]:
+  """``tc`` arguments of one token-bucket cap at ``rate_mbit`` (> 0) Mbit/s."""
+  if rate_mbit <= 0:
+    raise ValueError(f"rate_mbit must be > 0 (or None for no cap), got {rate_mbit}")
+  return ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(tbf_burst_bytes(rate_mbit, min_bytes=min_burst_bytes)),
+          "latency", f"{queue_latency_ms:g}ms"]
+
+
 def rate_commands(spec: LinkSpec, rate_mbit: float | None, delay_ms: float = 0.0,
                   use_netem: bool = False, queue_latency_ms: float = 100.0) -> list[list[str]]:
   """Sets (replaces) the egress cap of both ends; ``rate_mbit=None`` removes it (unthrottled veth).
@@ -117,10 +125,7 @@ def rate_commands(spec: LinkSpec, rate_mbit: float | None, delay_ms: float = 0.0
       if use_netem and delay_ms > 0:
         cmds.append(tc + ["add", "dev", veth, "root", "netem", "delay", f"{delay_ms:g}ms"])
       continue
-    if rate_mbit <= 0:
-      raise ValueError(f"rate_mbit must be > 0 (or None for no cap), got {rate_mbit}")
-    tbf = ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(tbf_burst_bytes(rate_mbit)),
-           "latency", f"{queue_latency_ms:g}ms"]
+    tbf = tbf_args(rate_mbit, queue_latency_ms)
     if use_netem and delay_ms > 0:
       cmds.append(tc + ["add", "dev", veth, "root", "handle", "1:", "netem", "delay", f"{delay_ms:g}ms"])
       cmds.append(tc + ["add", "dev", veth, "parent", "1:1", "handle", "10:"] + tbf)
@@ -145,11 +150,7 @@ def local_rate_commands(spec: LinkSpec, rate_mbit: float | None,
     cmds.append(tc + ["del", "dev", "lo", "root"])    # may fail when nothing is set: run with check=False
     if rate_mbit is None:
       continue
-    if rate_mbit <= 0:
-      raise ValueError(f"rate_mbit must be > 0 (or None for no cap), got {rate_mbit}")
-    cmds.append(tc + ["add", "dev", "lo", "root", "tbf", "rate", f"{rate_mbit:g}mbit", "burst",
-                      str(tbf_burst_bytes(rate_mbit, min_bytes=256 * 1024)),
-                      "latency", f"{queue_latency_ms:g}ms"])
+    cmds.append(tc + ["add", "dev", "lo", "root"] + tbf_args(rate_mbit, queue_latency_ms, 256 * 1024))
   return cmds
 
 
