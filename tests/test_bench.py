@@ -48,3 +48,28 @@ def test_interleaved_times_every_case_each_round_and_probes_rates():
   assert bench.interleaved(cases, rounds=1, steps=1) == []     # no probe asked, none taken
   for c in cases:
     bench.release(c)
+
+
+def test_run_round_keeps_at_most_two_steps_in_flight(monkeypatch):
+  """Step i is dispatched only after step i-2's output was waited for (XLA:CPU deadlocks with a long
+  unsynchronised queue of collective steps; see ``bench.run_round``)."""
+  dispatched, awaited = [], set()
+
+  class StepOutput:
+    def __init__(self, i):
+      self.i = i
+
+  def step(state, batch):
+    i = len(dispatched)
+    assert all(j in awaited for j in range(i - 1)), f"step {i} dispatched with {sorted(awaited)} awaited"
+    dispatched.append(i)
+    return state + 1, {"loss": StepOutput(i)}
+
+  def wait(tree):
+    awaited.update(leaf.i for leaf in jax.tree_util.tree_leaves(tree) if isinstance(leaf, StepOutput))
+    return tree
+
+  monkeypatch.setattr(bench.jax, "block_until_ready", wait)
+  case = bench.Case("fake", None, step=step, state=0, batches=[None])
+  assert bench.run_round(case, 6) > 0
+  assert dispatched == list(range(6)) and case.state == 6 and awaited == set(range(6))
