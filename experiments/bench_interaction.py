@@ -12,11 +12,12 @@ over ``--rounds``.
 """
 
 import statistics
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import numpy as np
+
+import cli
 
 _BATCH = flags.DEFINE_integer("batch", 4096, "Global batch.")
 _VECTORS = flags.DEFINE_integer("vectors", 27, "Interacting vectors (features + the bottom output).")
@@ -86,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

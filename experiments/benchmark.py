@@ -17,7 +17,10 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+import cli
+import runtime_flags
 
 flags.DEFINE_enum("suite", "compare", ["compare", "update", "rows", "batch", "features"], "What to measure.")
 flags.DEFINE_string("output_dir", "/tmp/dmt_bench", "Where JSON and markdown go.")
@@ -26,6 +29,7 @@ flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.")
 flags.DEFINE_integer("steps", 5, "Steps per round.")
 flags.DEFINE_string("model", "dlrm", "dlrm | dcn")
 flags.DEFINE_integer("num_cpu_devices", 8, "Fake CPU devices.")
+runtime_flags.define_host_memory()
 FLAGS = flags.FLAGS
 
 KEYS = ["name", "step_ms_median", "step_ms_min", "step_ms_max", "examples_per_s", "compile_s",
@@ -88,6 +92,7 @@ def suite_cases(suite, quick):
 
 def main(argv):
   del argv
+  runtime_flags.apply_host_memory()
   import jax
   jax.config.update("jax_num_cpu_devices", FLAGS.num_cpu_devices)
   from dmt_jax.analysis import bench
@@ -116,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -12,8 +12,10 @@ import os
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 import numpy as np
+
+import cli
 
 from dmt_jax.data import criteo, shards, synthetic
 
@@ -79,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,11 +15,11 @@ Multi-process (the report of the real multi-host program; process 0 prints):
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+import cli
 import runtime_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
@@ -47,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

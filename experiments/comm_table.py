@@ -6,9 +6,10 @@ Same model (DLRM), batch and mesh for every row; numbers come from the compiled 
 (``dmt_jax.analysis.step_report``), the same source as ``experiments/comm_report.py``.
 """
 
-import sys
 
-from absl import app, flags
+from absl import flags
+
+import cli
 
 flags.DEFINE_string("config_arg", "tiny", "Preset passed to the configs (tiny, medium, ...).")
 flags.DEFINE_string("model", "dlrm", "dlrm | dcn")
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

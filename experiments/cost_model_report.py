@@ -26,7 +26,9 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+import cli
 
 flags.DEFINE_string("output_dir", "docs/figures", "Where the JSON, markdown and PNG plots go.")
 flags.DEFINE_string("compare_json", "", "compare.json of benchmark.py --suite=compare --quick ('' = no validation).")
@@ -450,4 +452,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

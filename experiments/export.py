@@ -19,10 +19,11 @@ The model is decided by the config saved with the checkpoint; ``--config`` names
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+import cli
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg] of the run.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The run's workdir (holds checkpoints/).")
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -17,7 +17,9 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+import cli
 
 flags.DEFINE_string("output_dir", "/tmp/gpu_bench", "Where the JSON and markdown go.")
 flags.DEFINE_bool("quick", False, "Small shapes (runs on CPU too).")
@@ -135,4 +137,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

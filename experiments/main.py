@@ -12,9 +12,10 @@ append ``--coordinator_address/--num_processes/--process_id`` (or pass ``--distr
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+import cli
 import runtime_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

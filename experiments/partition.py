@@ -29,6 +29,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+import cli
+
 config_flags.DEFINE_config_file("config", None, "Flat experiment config file[:arg] (default: the one saved "
                                 "in the checkpoint).", lock_config=True)
 flags.DEFINE_string("workdir", None, "The flat run's workdir (or its checkpoints/ folder); needed by "
@@ -117,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -23,11 +23,12 @@ planted groups (1 = recovered).
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
+
+import cli
 
 config_flags.DEFINE_config_file("config", None, "Flat experiment config file[:arg] (synthetic data).",
                                 lock_config=False)
@@ -219,4 +220,4 @@ def _markdown(results):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

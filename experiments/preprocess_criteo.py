@@ -18,6 +18,8 @@ import re
 from absl import app, flags, logging
 import tqdm
 
+import cli
+
 from dmt_jax.data import criteo, shards
 
 _INPUT = flags.DEFINE_multi_string("input", None, "Input files or globs (repeatable; comma-separated ok).")
@@ -81,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

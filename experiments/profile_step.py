@@ -19,11 +19,13 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+import cli
+import runtime_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:arg for presets).")
 _STEPS = flags.DEFINE_integer("steps", 3, "Traced steps.")
@@ -31,6 +33,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untraced steps first (compile, cach
 _TOP = flags.DEFINE_integer("top", 25, "Ops listed.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "/tmp/dmt_profile", "Where the trace goes.")
 flags.mark_flags_as_required(["config"])
+runtime_flags.define_host_memory()
 
 _SKIP = ("ThunkExecutor", "Wait", "Rendezvous", "$", "PjitFunction", "Common", "SlinkyThreadPool")
 
@@ -67,6 +70,7 @@ def op_times(trace_file: str) -> dict[str, float]:
 def main(argv):
   del argv
   config = _CONFIG.value
+  runtime_flags.apply_host_memory()
   import jax
   if config.get("num_cpu_devices", 0):
     jax.config.update("jax_num_cpu_devices", int(config.num_cpu_devices))
@@ -102,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -40,6 +40,8 @@ import time
 
 from absl import app, flags, logging
 
+import cli
+
 flags.DEFINE_string("output_dir", None, "Directory for results.json, results.md, quality.png and runs/.")
 flags.DEFINE_list("models", ["dlrm", "dcn"], "Models: dlrm, dcn.")
 flags.DEFINE_list("compressions", ["1", "2", "4"], "DMT compression ratios c.")
@@ -270,4 +272,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,7 +10,25 @@ from absl import flags
 FLAGS = flags.FLAGS
 
 
+def define_host_memory():
+  """Only the host-memory flag (for scripts that manage devices themselves); defining it twice is a no-op
+  (tests import several scripts into one process)."""
+  if "retain_host_memory" in FLAGS:
+    return
+  flags.DEFINE_bool("retain_host_memory", True,
+                    "Keep freed host memory in the process (glibc mallopt) so XLA:CPU's per-step temporaries "
+                    "are not page-faulted in again every step; see dmt_jax/host_memory.py.")
+
+
+def apply_host_memory():
+  """Applies ``--retain_host_memory``; call before the first JAX computation."""
+  if FLAGS.retain_host_memory:
+    from dmt_jax import host_memory
+    host_memory.retain_freed_memory()
+
+
 def define():
+  define_host_memory()
   flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
   flags.DEFINE_integer("num_processes", None, "Number of JAX processes (multi-process).")
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
@@ -19,7 +37,9 @@ def define():
 
 
 def start(config):
-  """Sets the fake CPU device count (flag, else ``config.num_cpu_devices``) and joins the job."""
+  """Keeps freed host memory (``--retain_host_memory``), sets the fake CPU device count (flag, else
+  ``config.num_cpu_devices``) and joins the job."""
+  apply_host_memory()
   import jax
   ndev = FLAGS.num_cpu_devices if FLAGS.num_cpu_devices is not None else config.num_cpu_devices
   if ndev:

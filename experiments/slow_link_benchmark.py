@@ -58,7 +58,9 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+import cli
 
 from dmt_jax.analysis.slowlink_report import markdown, plot, remote_all_to_all_bytes, summarize
 
@@ -518,4 +520,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)
