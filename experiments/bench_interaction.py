@@ -4,9 +4,10 @@ r"""Micro-benchmark: DLRM's pairwise dot interaction, forward + backward, per fo
   python experiments/bench_interaction.py --num_cpu_devices=1  # the same on one device
 
 ``models.interactions.dot_interaction`` (gram matrix by einsum, then the strictly-lower triangle by
-index) against three rewrites: the triangle as a concatenation of row slices, a custom VJP that uses
-the gram's symmetry (one batched matmul instead of two), and the gram as one fused broadcast-multiply-sum
-(no matmul at all). ``--num_cpu_devices=1`` times one device (one thread) instead of 8. All are checked against
+index) against four rewrites: the triangle as a concatenation of row slices, a custom VJP that uses
+the gram's symmetry (one batched matmul instead of two), the gram as one fused broadcast-multiply-sum
+(no matmul at all), and the triangle's backward as a gather with fill (instead of XLA's zero-fill +
+scatter-add). ``--num_cpu_devices=1`` times one device (one thread) instead of 8. All are checked against
 the library's values and gradients first; then each is timed (median of ``--repeats``), interleaved
 over ``--rounds``.
 """
@@ -57,8 +58,24 @@ def main(argv):
   def broadcast_sum(x):   # one fused multiply + reduce over D instead of a batched matmul
     return jnp.sum(x[:, :, None, :] * x[:, None, :, :], axis=-1)[:, rows, cols]
 
+  # The triangle's transpose as a gather (with fill) instead of a zero-fill + scatter-add.
+  tri_flat = rows * n + cols
+  tri_inverse = np.full(n * n, len(tri_flat), np.int32)
+  tri_inverse[tri_flat] = np.arange(len(tri_flat))
+
+  @jax.custom_vjp
+  def triangle(g2):   # [b, n*n] -> [b, n(n-1)/2]
+    return jnp.take(g2, tri_flat, axis=1, mode="fill", fill_value=0)
+
+  triangle.defvjp(lambda g2: (triangle(g2), None),
+                  lambda _, ct: (jnp.take(ct, tri_inverse, axis=1, mode="fill", fill_value=0),))
+
+  def gather_transpose(x):
+    return triangle(jnp.einsum("bid,bjd->bij", x, x).reshape(x.shape[0], n * n))
+
   arms = {"library (einsum + index)": dot_interaction, "triangle by slices": by_slices,
-          "symmetric custom vjp": symmetric_vjp, "broadcast multiply-sum": broadcast_sum}
+          "symmetric custom vjp": symmetric_vjp, "broadcast multiply-sum": broadcast_sum,
+          "triangle transposed by gather": gather_transpose}
   x = jax.random.normal(jax.random.key(0), (_BATCH.value, n, _DIM.value))
   ct = jax.random.normal(jax.random.key(1), (_BATCH.value, n * (n - 1) // 2))
   ref, ref_g = dot_interaction(x), jax.grad(lambda x: jnp.sum(dot_interaction(x) * ct))(x)
