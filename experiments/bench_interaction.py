@@ -75,7 +75,7 @@ def main(argv):
 
   arms = {"library (einsum + index)": dot_interaction, "triangle by slices": by_slices,
           "symmetric custom vjp": symmetric_vjp, "broadcast multiply-sum": broadcast_sum,
-          "triangle transposed by gather": gather_transpose}
+          "triangle bwd as gather": gather_transpose}
   x = jax.random.normal(jax.random.key(0), (_BATCH.value, n, _DIM.value))
   ct = jax.random.normal(jax.random.key(1), (_BATCH.value, n * (n - 1) // 2))
   ref, ref_g = dot_interaction(x), jax.grad(lambda x: jnp.sum(dot_interaction(x) * ct))(x)

@@ -60,5 +60,5 @@ def test_bench_interaction_checks_and_times_every_form():
                         "--dim=8", "--repeats=1", "--rounds=1"], capture_output=True, text=True, cwd=REPO,
                        timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert res.stdout.count("median") == 4 and "library (einsum + index)" in res.stdout
+  assert res.stdout.count("median") == 5 and "library (einsum + index)" in res.stdout
   assert "broadcast multiply-sum" in res.stdout
