@@ -7,8 +7,10 @@
 
 Every suite compiles its cases, then times them interleaved (``--rounds`` rounds of ``--steps`` steps),
 reporting median and min/max step time, examples/s, compile time, XLA memory analysis, FLOPs and bytes
-(XLA cost analysis) against this machine's matmul rate and memory bandwidth (the floor; both measured at
-the start of every round, median used, so they drift with the machine like the steps do), and the
+(XLA cost analysis) against this machine's matmul rate and memory bandwidth (the floor; measured at
+the start of every round, median used, so they drift with the machine like the steps do), the rows floor
+(every looked-up row read once at the measured random-row cost; ``x_serial_floor`` = step / (compute +
+rows floor), ``x_floor`` = step / compute floor), and the
 communication bytes of the compiled step. Default model: DLRM, 26 tables x 100k rows x dim 64, batch
 4096, MLPs 13-512-256-64 / 512-256-1, 8 CPU devices as host=2 x device=4.
 """
@@ -33,7 +35,7 @@ runtime_flags.define_host_memory()
 FLAGS = flags.FLAGS
 
 KEYS = ["name", "step_ms_median", "step_ms_min", "step_ms_max", "examples_per_s", "compile_s",
-        "floor_ms", "x_floor", "temp_mib_per_device", "comm/embedding_cross_tower_bytes",
+        "floor_ms", "x_floor", "rows_floor_ms", "x_serial_floor", "temp_mib_per_device", "comm/embedding_cross_tower_bytes",
         "comm/intra_tower_bytes", "comm/dense_sync_bytes"]
 
 
@@ -113,7 +115,8 @@ def main(argv):
     json.dump(result, f, indent=1)
   md = (f"`{cmd}` — matmul {rates['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
         f"[{rates['matmul_flops_per_s_min'] / 1e9:.0f}–{rates['matmul_flops_per_s_max'] / 1e9:.0f} over {rounds} "
-        f"rounds], memory {rates['memory_bytes_per_s'] / 1e9:.1f} GB/s, peak RSS {result['peak_rss_mib']:.0f} MiB\n\n"
+        f"rounds], memory {rates['memory_bytes_per_s'] / 1e9:.1f} GB/s, random 256-B row "
+        f"{rates['random_row_s'] * 1e9:.0f} ns, peak RSS {result['peak_rss_mib']:.0f} MiB\n\n"
         + bench.markdown_table(rows, KEYS))
   with open(os.path.join(FLAGS.output_dir, f"{FLAGS.suite}.md"), "w") as f:
     f.write(md + "\n")

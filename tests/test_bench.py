@@ -20,8 +20,13 @@ def test_median_rates_takes_per_key_median_and_spread():
 def test_summarize_floor_is_flops_at_the_matmul_rate():
   case = bench.Case("x", config_base.get_config("dlrm", "flat", "tiny"), flops=4e9, bytes_accessed=1e9,
                     times=[0.5, 0.1, 0.2])
-  row = bench.summarize(case, {"matmul_flops_per_s": 1e11, "memory_bytes_per_s": 1e10})
+  rates = {"matmul_flops_per_s": 1e11, "memory_bytes_per_s": 1e10, "random_row_s": 1e-7}
+  row = bench.summarize(case, rates)
   assert row["floor_ms"] == pytest.approx(40.0)                 # 4 GFLOP at 100 GFLOP/s
+  lookups = case.config.batch_size * sum(case.config.data.max_bags)
+  scale = max(1.0, 4 * case.config.data.embedding_dim / 256)
+  assert row["rows_floor_ms"] == pytest.approx(1e3 * lookups * 1e-7 * scale)
+  assert row["x_serial_floor"] == pytest.approx(200.0 / (40.0 + row["rows_floor_ms"]))
   assert row["step_ms_median"] == pytest.approx(200.0)
   assert (row["step_ms_min"], row["step_ms_max"]) == pytest.approx((100.0, 500.0))
   assert row["x_floor"] == pytest.approx(5.0)
@@ -38,6 +43,8 @@ def test_interleaved_times_every_case_each_round_and_probes_rates():
     cases.append(bench.prepare(bench.Case(name, c)))
   probes = bench.interleaved(cases, rounds=2, steps=1, rate_probe_s=0.05)
   assert len(probes) == 2 and all(p["matmul_flops_per_s"] > 0 for p in probes)
+  # a random 256-B row from a 256 MiB table costs DRAM latency: far more than 256 B at streaming speed
+  assert all(p["random_row_s"] > 256 / p["memory_bytes_per_s"] for p in probes)
   for c in cases:
     assert len(c.times) == 2 and all(t > 0 for t in c.times)
     assert c.flops > 0 and c.comm["embedding_cross_tower_bytes"] > 0

@@ -131,7 +131,8 @@ def median_rates(probes: Sequence[dict]) -> dict:
 
 
 def machine_rates(seconds: float = 1.0) -> dict:
-  """Measured f32 matmul FLOP/s (XLA on all cores) and memory bandwidth (large copy) of this machine."""
+  """Measured f32 matmul FLOP/s (XLA on all cores), memory bandwidth (large copy) and random-row gather
+  cost (``random_row_seconds``) of this machine."""
   n = 1024
   a = jnp.ones((n, n), jnp.float32)
   mm = jax.jit(lambda x: x @ x)
@@ -149,7 +150,37 @@ def machine_rates(seconds: float = 1.0) -> dict:
     cp(big).block_until_ready()
     reps += 1
   bw = 2 * big.nbytes * reps / (time.perf_counter() - t0)    # read + write
-  return {"matmul_flops_per_s": flops, "memory_bytes_per_s": bw}
+  del big
+  return {"matmul_flops_per_s": flops, "memory_bytes_per_s": bw, "random_row_s": random_row_seconds(seconds)}
+
+
+PROBE_ROW_BYTES = 256          # one 64-wide f32 embedding row
+
+
+def random_row_seconds(seconds: float = 1.0, table_mib: int = 256, rows_per_call: int = 16384) -> float:
+  """Seconds per row of a gather of random ``PROBE_ROW_BYTES`` rows from a table far larger than the
+  caches (``table_mib``), with fresh indices each call: the DRAM-latency-bound cost of an embedding
+  lookup's table read on this machine (about 200-260 ns here, i.e. ~1 GB/s, not the streaming bandwidth)."""
+  width = PROBE_ROW_BYTES // 4
+  num_rows = table_mib * 2 ** 20 // PROBE_ROW_BYTES
+  table = jnp.full((num_rows, width), 0.01, jnp.float32)
+  gather = jax.jit(lambda t, i: jnp.take(t, i, axis=0, mode="clip"))
+  rng = np.random.default_rng(0)
+  indices = [jnp.asarray(rng.integers(0, num_rows, rows_per_call, dtype=np.int32)) for _ in range(8)]
+  gather(table, indices[0]).block_until_ready()
+  elapsed, calls = 0.0, 0
+  while elapsed < seconds:
+    idx = indices[calls % len(indices)]      # 8 x 16384 rows x 256 B = 32 MiB of rows: beyond the caches
+    t = time.perf_counter()
+    gather(table, idx).block_until_ready()
+    elapsed += time.perf_counter() - t
+    calls += 1
+  return elapsed / (calls * rows_per_call)
+
+
+def lookups_per_step(config) -> int:
+  """Embedding rows one step reads at most: global batch x the summed per-feature bag lengths."""
+  return int(config.batch_size) * int(sum(config.data.max_bags))
 
 
 def summarize(case: Case, rates: dict) -> dict:
@@ -157,8 +188,14 @@ def summarize(case: Case, rates: dict) -> dict:
   med = statistics.median(t)
   # Compute floor: the step's FLOPs at this machine's measured matmul rate (a lower bound). XLA's
   # "bytes accessed" counts every op's operands and over-states traffic, so memory time is reported
-  # as an upper estimate, not used as a floor.
+  # as an upper estimate, not used as a floor. Rows floor: every looked-up row read once from DRAM at
+  # the measured random-row cost (scaled by row size; the update's re-touch assumed cached). Whether the
+  # two overlap is the machine's business: max() of them is a strict floor, their sum the floor of a
+  # step that does not overlap its lookups with its matmuls.
   floor = case.flops / rates["matmul_flops_per_s"]
+  row_bytes = 4 * int(case.config.data.embedding_dim)
+  rows_floor = (lookups_per_step(case.config) * rates["random_row_s"]
+                * max(1.0, row_bytes / PROBE_ROW_BYTES))
   mem_est = case.bytes_accessed / rates["memory_bytes_per_s"]
   return {
       "name": case.name,
@@ -170,8 +207,11 @@ def summarize(case: Case, rates: dict) -> dict:
       "gflops_per_step": case.flops / 1e9,
       "gbytes_per_step": case.bytes_accessed / 1e9,
       "floor_ms": 1e3 * floor,
+      "rows_floor_ms": 1e3 * rows_floor,
+      "serial_floor_ms": 1e3 * (floor + rows_floor),
       "mem_traffic_est_ms": 1e3 * mem_est,
       "x_floor": med / floor if floor > 0 else float("nan"),
+      "x_serial_floor": med / (floor + rows_floor) if floor + rows_floor > 0 else float("nan"),
       "temp_mib_per_device": case.temp_bytes / 2 ** 20,
       "argument_mib_per_device": case.argument_bytes / 2 ** 20,
       **{f"comm/{k}": v for k, v in case.comm.items()},
