@@ -6,7 +6,7 @@ kernel (``munmap`` of a thread-arena heap, or trimming the heap top), so the nex
 pages and takes a page fault for every 4 KiB of them: 3.5k–24k faults and 18–71 ms of system time per
 step on this 2-core machine (flat DLRM medium, 8 emulated devices), varying with glibc's adaptive
 mmap threshold. ``retain_freed_memory`` fixes glibc's thresholds with ``mallopt`` so freed blocks are
-reused: under 1.3k faults and 5–24 ms of system time per step, and a ~15% faster, steadier step
+reused: under 1.3k faults and 5–7 ms of system time per step, and a ~15% faster, steadier step
 (``python experiments/bench_host_memory.py``; BENCHMARKS.md "Host memory").
 
 The cost is resident memory: the process keeps its peak heap instead of shrinking after a step.

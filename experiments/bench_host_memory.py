@@ -53,10 +53,11 @@ def child(arm: str) -> dict:
 
 
 def main(argv):
+  del argv
   if _CHILD.value:
     print("@@" + json.dumps(child(_CHILD.value)), flush=True)
     return
-  passthrough = [a for a in argv[1:]] + [a for a in sys.argv[1:] if a.startswith("--config")]
+  passthrough = [a for a in sys.argv[1:] if a.startswith("--config")]   # --config and its overrides
   rows = []
   for pair in range(_PAIRS.value):
     for arm in ("default", "retained"):

@@ -156,27 +156,30 @@ def machine_rates(seconds: float = 1.0) -> dict:
 
 PROBE_ROW_BYTES = 256          # one 64-wide f32 embedding row
 
+# Module-level so that the probe, run at the start of every round, compiles once per process.
+_gather_rows = jax.jit(lambda table, idx: jnp.take(table, idx, axis=0, mode="clip"))
+
 
 def random_row_seconds(seconds: float = 1.0, table_mib: int = 256, rows_per_call: int = 16384) -> float:
   """Seconds per row of a gather of random ``PROBE_ROW_BYTES`` rows from a table far larger than the
-  caches (``table_mib``), with fresh indices each call: the DRAM-latency-bound cost of an embedding
+  caches (``table_mib``), cycling through 64 random index sets (256 MiB of rows before one repeats): the
+  DRAM-latency-bound cost of an embedding
   lookup's table read on this machine (~105-125 ns here after a warm-up pass, i.e. ~2 GB/s, a third of
   the streaming bandwidth; ~200-220 ns in the first few calls)."""
   width = PROBE_ROW_BYTES // 4
   num_rows = table_mib * 2 ** 20 // PROBE_ROW_BYTES
   table = jnp.full((num_rows, width), 0.01, jnp.float32)
-  gather = jax.jit(lambda t, i: jnp.take(t, i, axis=0, mode="clip"))
   rng = np.random.default_rng(0)
   # 64 x 16384 rows x 256 B = 256 MiB of distinct reads before an index set repeats: 8x the 32 MiB L3
   # here, so a repeat finds its rows evicted (8 sets = 32 MiB measured ~106 ns/row, half of it cached).
   indices = [jnp.asarray(rng.integers(0, num_rows, rows_per_call, dtype=np.int32)) for _ in range(64)]
   for idx in indices:     # one untimed pass over every index set: steady state, as in a training loop
-    gather(table, idx).block_until_ready()
+    _gather_rows(table, idx).block_until_ready()
   elapsed, calls = 0.0, 0
   while elapsed < seconds:
     idx = indices[calls % len(indices)]
     t = time.perf_counter()
-    gather(table, idx).block_until_ready()
+    _gather_rows(table, idx).block_until_ready()
     elapsed += time.perf_counter() - t
     calls += 1
   return elapsed / (calls * rows_per_call)
