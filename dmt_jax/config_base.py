@@ -43,11 +43,13 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.towers.num_towers = 0            # 0 = one tower per group; must be a multiple of the group count
   c.towers.assignment = "contiguous" # contiguous | round_robin | explicit "0,1,2|3,4,5" (indices or names)
   c.towers.file = ""                 # towers JSON from experiments/partition.py (wins over assignment)
-  c.towers.module = "linear"         # identity | linear | mlp | dcn | dot
+  c.towers.module = "linear"         # identity | linear | mlp | dcn | dot | mix
   c.towers.compression = 4.0         # c: a tower of F_t features emits ceil(F_t / c) vectors of width D
   c.towers.hidden = (64,)            # mlp tower hidden widths
   c.towers.num_cross_layers = 1      # dcn tower cross layers
   c.towers.wire_dtype = "float32"    # dtype of tower outputs on the peer exchange: float32 | bfloat16
+  c.towers.param_placement = "auto"  # group (sharded per tower group) | replicated | auto (replicated
+                                     # when all towers' params are <= 256 KiB: one all-reduce less a step)
   # --- model ---------------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = model               # dlrm | dcn

@@ -179,6 +179,8 @@ def validate_config(config) -> None:
       if not isinstance(a, str) or "|" not in a and not a.strip():
         bad("towers.assignment", "must be contiguous, round_robin or explicit towers '0,1,2|3,4,5'")
     choice("towers.wire_dtype", WIRE_DTYPES)
+    if _get(config, "towers.param_placement") is not None:
+      choice("towers.param_placement", ("auto", "group", "replicated"))
   # --- model ---------------------------------------------------------------------------------------
   if choice("model.name", MODELS):
     if _get(config, "model.name") == "dlrm":

@@ -19,6 +19,12 @@ Kinds:
 * ``mlp``: flatten -> MLP(hidden..., K*D) (last linear).     params ``{"mlp": {"dense_i"}}``
 * ``dcn``: flatten -> N cross layers -> Dense(K*D).         params ``{"cross_i", "proj"}``
 * ``dot``: concat(dot_interaction(x), flatten(x)) -> Dense(K*D).  params ``{"proj"}``
+* ``mix``: y_k = sum_f W[k, f] x_f + b_k, K learned mixtures of the tower's vectors.  params ``{"mix", "bias"}``
+
+Cost per sample (multiply-adds): ``linear`` F_t*D * K*D, ``mix`` F_t * K * D — D times less. ``linear``
+can make a DMT model *more* expensive than the flat one (at F_t=13, D=64, c=4 it is 213k per tower,
+more than the over-arch work it removes); ``mix`` only ever removes work, which is what lets DMT beat
+the flat model even where communication is free (BENCHMARKS.md, slow-link section).
 
 Stacking: the modules are pure functions of ``(params, x)`` with only a ``params`` collection and a static
 feature count, so towers padded with zero features to a common F_t can be stacked over a leading tower axis
@@ -36,7 +42,7 @@ import jax.numpy as jnp
 
 from dmt_jax.models.interactions import MLP, CrossLayerV2, default_bias_init, default_kernel_init, dot_interaction
 
-KINDS = ("identity", "linear", "mlp", "dcn", "dot")
+KINDS = ("identity", "linear", "mlp", "dcn", "dot", "mix")
 
 
 def tower_output_vectors(kind: str, num_features: int, compression: float) -> int:
@@ -148,6 +154,26 @@ class DotTower(nn.Module):
     return y.reshape(b, self.num_outputs, self.dim)
 
 
+class MixTower(nn.Module):
+  """``[B, F_t, D] -> y[b, k] = sum_f W[k, f] x[b, f] + bias[k]`` -> ``[B, K, D]``.
+
+  Compresses along the feature axis only: every output is a learned linear combination of the tower's
+  embedding vectors (shared over the D coordinates), so outputs stay in the embedding space the
+  over-arch's dot interaction expects. ``W: [K, F_t]`` (init N(0, 1/F_t)), ``bias: [K, D]`` (zeros).
+  """
+  num_features: int
+  dim: int
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_input(x, self.num_features, self.dim, "MixTower")
+    w = self.param("mix", nn.initializers.normal(stddev=1.0 / math.sqrt(self.num_features)),
+                   (self.num_outputs, self.num_features), jnp.float32)
+    b = self.param("bias", nn.initializers.zeros, (self.num_outputs, self.dim), jnp.float32)
+    return jnp.einsum("bfd,kf->bkd", x, w.astype(x.dtype)) + b.astype(x.dtype)
+
+
 def make_tower_module(kind: str, num_features: int, dim: int, compression: float,
                       hidden: Sequence[int] = (256,), num_cross_layers: int = 1,
                       low_rank: int | None = None) -> nn.Module:
@@ -175,4 +201,6 @@ def make_tower_module(kind: str, num_features: int, dim: int, compression: float
     if low_rank is not None and int(low_rank) < 1:
       raise ValueError(f"dcn tower low_rank must be >= 1 or None, got {low_rank}")
     return DCNTower(num_features, dim, k, int(num_cross_layers), None if low_rank is None else int(low_rank))
+  if kind == "mix":
+    return MixTower(num_features, dim, k)
   return DotTower(num_features, dim, k)

@@ -35,7 +35,7 @@ config_flags.DEFINE_config_file("config", None, "Flat experiment config file[:ar
 flags.DEFINE_string("workdir", None, "Output folder.")
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated parameter-init seeds.")
 flags.DEFINE_integer("num_towers", 4, "Towers T (a multiple of the tower-group count).")
-flags.DEFINE_string("tower_module", "dot", "DMT tower module: identity | linear | mlp | dcn | dot.")
+flags.DEFINE_string("tower_module", "dot", "DMT tower module: identity | linear | mlp | dcn | dot | mix.")
 flags.DEFINE_float("compression", 4.0, "Tower compression ratio c.")
 flags.DEFINE_integer("num_train_steps", 3000, "Training steps of every model.")
 flags.DEFINE_integer("partition_step", 2000, "Flat checkpoint step the partitioner reads.")

@@ -70,7 +70,8 @@ flags.DEFINE_bool("quick", False, "Batch 1024, 20k rows, speeds 250/1000/uncappe
 flags.DEFINE_list("speeds", ["100", "250", "500", "1000", "2000", "0"],
                   "Link caps in Mbit/s per direction; 0 = veth without cap.")
 flags.DEFINE_list("cases", ["flat_tw", "flat_rw", "flat_twrw", "dmt_c4", "dmt_c1"],
-                  "Cases: flat_tw, flat_rw, flat_twrw, flat_cw, dmt_c<k>.")
+                  "Cases: flat_tw, flat_rw, flat_twrw, flat_cw, dmt_c<k>[_<tower module>] (dmt_c4 = linear "
+                  "towers, dmt_c4_mix = feature-mixing towers; see dmt_jax/tower_modules.py).")
 flags.DEFINE_integer("repeats", 3, "Rounds over all link settings (speed and case order rotated each round).")
 flags.DEFINE_integer("steps", 3, "Timed steps per case per link setting per round.")
 flags.DEFINE_float("fast_ratio", 0.0,
@@ -123,11 +124,23 @@ def model_config(case: str, batch: int, vocab: int, dim: int, bottom, top):
   if mode == "dmt":
     c.sharding = "table_wise"                       # inside the tower group (one host)
     c.towers.num_towers = 2
-    c.towers.compression = float(case.split("_c")[1])
+    c.towers.compression, c.towers.module = dmt_case(case)
   else:
     c.sharding = {"flat_tw": "table_wise", "flat_rw": "row_wise", "flat_twrw": "table_row_wise",
                   "flat_cw": "column_wise"}[case]
   return c
+
+
+def dmt_case(case: str) -> tuple[float, str]:
+  """``dmt_c4`` -> (4.0, "linear"); ``dmt_c4_mix`` -> (4.0, "mix")."""
+  from dmt_jax import tower_modules
+  parts = case.split("_")
+  if len(parts) not in (2, 3) or parts[0] != "dmt" or not parts[1].startswith("c"):
+    raise ValueError(f"DMT case must be dmt_c<k>[_<module>], got {case!r}")
+  module = parts[2] if len(parts) == 3 else "linear"
+  if module not in tower_modules.KINDS:
+    raise ValueError(f"case {case!r}: unknown tower module {module!r}; expected one of {tower_modules.KINDS}")
+  return float(parts[1][1:]), module
 
 
 def settings():

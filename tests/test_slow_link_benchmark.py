@@ -15,10 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "@@"        # the script's child -> parent line prefix
 
 
-def _setting(label, mbit, fast_cap, flat_s, dmt_s, link_s=0.01, fast_s=0.001):
+def _setting(label, mbit, fast_cap, flat_s, dmt_s, link_s=0.01, fast_s=0.001, mix_s=None):
+  times = {"flat_tw": [flat_s] * 3, "dmt_c4": [dmt_s] * 3}
+  if mix_s is not None:
+    times["dmt_c4_mix"] = [mix_s, mix_s / 2, mix_s * 2]
   return {"label": label, "mbit": mbit, "fast_cap_mbit": fast_cap, "probe_bytes": 1_000_000,
-          "link_a2a_s": [link_s], "fast_a2a_s": [fast_s], "loadavg_1m": [1.0],
-          "times": {"flat_tw": [flat_s] * 3, "dmt_c4": [dmt_s] * 3}}
+          "link_a2a_s": [link_s], "fast_a2a_s": [fast_s], "loadavg_1m": [1.0], "times": times}
 
 
 def test_summary_speedup_ratio_and_network_share():
@@ -38,6 +40,34 @@ def test_summary_speedup_ratio_and_network_share():
   one_tier = {"settings": {"100": _setting("100", 100.0, None, 1.0, 0.4)}}
   one_md = slb.markdown(slb.summarize(one_tier), ["flat_tw", "dmt_c4"])
   assert "intra-host Mbit/s (cap)" not in one_md and "cross-host share of best flat step" in one_md
+
+
+def test_summary_has_a_speedup_for_every_dmt_case(tmp_path):
+  record = {"settings": {"100": _setting("100", 100.0, 1000.0, 1.0, 0.4, mix_s=0.25),
+                         "unthrottled": _setting("unthrottled", 0.0, None, 0.2, 0.25, link_s=0.001, mix_s=0.1)}}
+  rows = slb.summarize(record)
+  capped = next(r for r in rows if r["label"] == "100")
+  assert capped["dmt_c4_mix_speedup"] == pytest.approx(4.0)             # 1.0 / median 0.25
+  assert capped["dmt_c4_mix_speedup_min"] == pytest.approx(8.0)         # 1.0 / min 0.125
+  cases = ["flat_tw", "dmt_c4", "dmt_c4_mix"]
+  md = slb.markdown(rows, cases)
+  assert "| dmt_c4 vs best flat | dmt_c4_mix vs best flat |" in md.splitlines()[0]
+  assert "| 4.00x (vs flat_tw; on min 8.00x) |" in md
+  slb.plot(rows, cases, str(tmp_path / "p.png"))
+  assert (tmp_path / "p.png").stat().st_size > 0
+  only_uncapped = slb.summarize({"settings": {"unthrottled": record["settings"]["unthrottled"]}})
+  slb.plot(only_uncapped, cases, str(tmp_path / "q.png"))                # nothing capped: no plot, no error
+  assert not (tmp_path / "q.png").exists()
+
+
+@pytest.mark.parametrize("case, want", [("dmt_c4", (4.0, "linear")), ("dmt_c4_mix", (4.0, "mix")),
+                                        ("dmt_c8_dot", (8.0, "dot"))])
+def test_dmt_case_names(case, want):
+  res = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'experiments'); "
+                        "import slow_link_benchmark as s; print(s.dmt_case(sys.argv[1]))", case],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert res.stdout.strip() == repr(want)
 
 
 @pytest.mark.slow

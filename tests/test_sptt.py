@@ -49,6 +49,7 @@ def _run(config, steps):
 
 def _snapshot(exp, state):
   return {"dense": jax.tree.map(np.asarray, jax.device_get(state["params"]["dense"])),
+          "towers": jax.tree.map(np.asarray, jax.device_get(state["params"]["towers"])),
           "tables": exp.engine.tables_to_logical(state["tables"])}
 
 
@@ -103,7 +104,10 @@ ALLOWED_CROSS = {"ids_exchange", "tower_output_exchange", "dense_sync"}
 
 @pytest.fixture(scope="module")
 def dmt_reports():
-  return {c: _report("dlrm", "dmt", **{"towers.compression": float(c)}) for c in (1, 2, 4, 8)}
+  # Tower params on their group: every collective that crosses towers is an exchange of ids or tower
+  # outputs, or the dense all-reduce (the replicated placement below adds the towers' gradients to it).
+  return {c: _report("dlrm", "dmt", **{"towers.compression": float(c), "towers.param_placement": "group"})
+          for c in (1, 2, 4, 8)}
 
 
 def test_no_embedding_tensor_crosses_towers(dmt_reports):
@@ -118,6 +122,36 @@ def test_no_embedding_tensor_crosses_towers(dmt_reports):
   assert {"ids_exchange", "tower_output_exchange"} <= roles
   intra = {c["role"] for c in rep["collectives"] if c["scope"] == "intra_tower"}
   assert "intra_tower_lookup" in intra
+
+
+def test_replicated_tower_params_train_like_group_placement():
+  """Same losses, dense params, tables and tower params after 3 Adam/Adagrad steps; one all-reduce less."""
+  runs, reports = {}, {}
+  for place in ("group", "replicated"):
+    c = _config("dlrm", "dmt", **{"towers.module": "mix", "towers.num_towers": 4,
+                                  "towers.param_placement": place})
+    exp, losses, logits0, snaps = _run(c, 3)
+    assert exp.engine.cfg.replicate_tower_params == (place == "replicated")
+    assert snaps[-1]["towers"], "the mix towers have parameters"
+    runs[place] = (losses, logits0, snaps[-1])
+    reports[place] = step_report(exp)
+  (lg, g0, sg), (lr, r0, sr) = runs["group"], runs["replicated"]
+  np.testing.assert_allclose(lr, lg, rtol=RTOL)
+  _close(r0, g0, "logits")
+  _close(sr, sg, "dense params, tower params and tables after 3 steps")
+  reduce_ops = {p: [c for c in r["collectives"] if c["op"] == "all-reduce"] for p, r in reports.items()}
+  assert any(c["scope"] == "intra_tower" for c in reduce_ops["group"]), "group: tower grads reduced in-group"
+  assert not any(c["scope"] == "intra_tower" for c in reduce_ops["replicated"])
+  assert len(reduce_ops["replicated"]) < len(reduce_ops["group"])
+
+
+def test_param_placement_auto_follows_tower_param_bytes():
+  small = train.build_experiment(_config("dlrm", "dmt", **{"towers.module": "mix"}))
+  assert small.engine.cfg.replicate_tower_params
+  big = train.build_experiment(_config("dlrm", "dmt", **{"towers.module": "mlp", "towers.hidden": (4096,)}))
+  assert not big.engine.cfg.replicate_tower_params
+  with pytest.raises(ValueError, match="param_placement"):
+    train.build_experiment(_config("dlrm", "dmt", **{"towers.param_placement": "everywhere"}))
 
 
 def test_tower_output_bytes_fall_as_one_over_c(dmt_reports):

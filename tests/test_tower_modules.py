@@ -42,7 +42,7 @@ def test_param_names():
     m = make_tower_module(kind, F, D, 1 if kind == "identity" else 2, hidden=(16,), num_cross_layers=2)
     names[kind] = set(m.init(jax.random.key(0), x).get("params", {}))
   assert names == {"identity": set(), "linear": {"proj"}, "mlp": {"mlp"}, "dcn": {"cross_0", "cross_1", "proj"},
-                   "dot": {"proj"}}
+                   "dot": {"proj"}, "mix": {"mix", "bias"}}
 
 
 def test_identity_is_exact():
@@ -94,3 +94,15 @@ def test_wrong_feature_count_is_rejected():
   m = make_tower_module("linear", F, D, 2)
   with pytest.raises(ValueError, match=r"expects x of shape \[B, 6, 8\]"):
     m.init(jax.random.key(0), _x((B, F + 1, D)))
+
+
+def test_mix_tower_is_the_feature_mixture_it_documents():
+  m = make_tower_module("mix", F, D, 2)
+  x = _x()
+  v = m.init(jax.random.key(3), x)
+  w, b = np.asarray(v["params"]["mix"]), np.asarray(v["params"]["bias"])
+  assert w.shape == (3, F) and b.shape == (3, D)
+  b = b + np.random.default_rng(1).normal(size=b.shape).astype(np.float32)   # non-zero bias too
+  y = np.asarray(m.apply({"params": {"mix": w, "bias": b}}, x))
+  want = np.stack([sum(w[k, f] * x[:, f] for f in range(F)) + b[k] for k in range(3)], axis=1)
+  np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)

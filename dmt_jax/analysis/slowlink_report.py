@@ -1,8 +1,8 @@
 """Summary of a slow-link benchmark record (``experiments/slow_link_benchmark.py``): rows, table, plot.
 
 No flags, no JAX: ``summarize`` turns the record's raw probe and step times into one row per link
-setting (bandwidths, fast/slow ratio, step medians, DMT c=4 speedup over the best flat case, the share of
-the best flat step that the caps add), ``markdown`` renders them, ``plot`` draws them (matplotlib), and
+setting (bandwidths, fast/slow ratio, step medians, every DMT case's speedup over the best flat case, the
+share of the best flat step that the caps add), ``markdown`` renders them, ``plot`` draws them (matplotlib), and
 ``remote_all_to_all_bytes`` counts the all-to-all bytes of a compiled step that leave the host.
 """
 
@@ -53,9 +53,11 @@ def summarize(record, devices_per_process: int = 4) -> list[dict]:
     if flats:
       best = min(flats, key=flats.get)
       row["best_flat"] = best
-      if "dmt_c4" in med:
-        row["dmt_c4_speedup"] = flats[best] / med["dmt_c4"]
-        row["dmt_c4_speedup_min"] = min(row[n]["min_ms"] for n in flats) / row["dmt_c4"]["min_ms"]
+      best_min = min(row[n]["min_ms"] for n in flats)
+      for n in med:
+        if n.startswith("dmt"):        # "<case>_speedup": best flat median / this case's median
+          row[f"{n}_speedup"] = flats[best] / med[n]
+          row[f"{n}_speedup_min"] = best_min / row[n]["min_ms"]
       if ref is not None and x is not ref and x["label"] != "local":
         lt = statistics.median(ref["times"][best])
         row["cross_host_share_best_flat"] = (flats[best] - lt) / flats[best]
@@ -64,12 +66,18 @@ def summarize(record, devices_per_process: int = 4) -> list[dict]:
   return rows
 
 
+def speedup_cases(cases) -> list[str]:
+  """The DMT cases whose speedup over the best flat case gets a column: those with c=4."""
+  return [c for c in cases if c == "dmt_c4" or c.startswith("dmt_c4_")]
+
+
 def markdown(rows, cases) -> str:
   two_tier = any(r.get("fast_cap_mbit") for r in rows)
+  sp_cases = speedup_cases(cases)
   head = ["link Mbit/s (cap)"] + (["intra-host Mbit/s (cap)"] if two_tier else []) + [
       "link MB/s (measured)", "fast/slow (gloo intra-host)", "fast/slow (in-memory)"] + [
-      f"{c} ms" for c in cases] + ["dmt_c4 vs best flat", "network share of best flat step" if two_tier else
-                            "cross-host share of best flat step", "load (1 min)"]
+      f"{c} ms" for c in cases] + [f"{c} vs best flat" for c in sp_cases] + [
+      "network share of best flat step" if two_tier else "cross-host share of best flat step", "load (1 min)"]
   out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     is_local = r["label"] == "local"
@@ -82,8 +90,9 @@ def markdown(rows, cases) -> str:
     for c in cases:
       v = r.get(c)
       cells.append(f"{v['median_ms']:.0f} [{v['min_ms']:.0f}–{v['max_ms']:.0f}]" if v else "")
-    sp = r.get("dmt_c4_speedup")
-    cells.append(f"{sp:.2f}x (vs {r['best_flat']}; on min {r['dmt_c4_speedup_min']:.2f}x)" if sp else "")
+    for c in sp_cases:
+      sp = r.get(f"{c}_speedup")
+      cells.append(f"{sp:.2f}x (vs {r['best_flat']}; on min {r[f'{c}_speedup_min']:.2f}x)" if sp else "")
     sh = r.get("cross_host_share_best_flat")
     cells.append(f"{100 * sh:.0f}%" if sh is not None else "")
     cells.append(f"{r['loadavg_1m']:.1f}")
@@ -107,18 +116,22 @@ def plot(rows, cases, path) -> None:
       if r["label"] in ("unthrottled", "local") and c in r:
         ax.axhline(r[c]["median_ms"], ls="--" if r["label"] == "unthrottled" else ":", color=line.get_color(),
                    lw=0.8)
+  if not link:      # only uncapped / one-namespace settings: nothing to draw against a cap
+    plt.close(fig)
+    return
   ax.set(xscale="log", yscale="log", xlabel="link cap, Mbit/s per direction", ylabel="step time, ms (median, min-max)",
          title="train step vs link cap (dashed: uncapped veth)")
   ax.legend(fontsize=8)
-  sp = [r for r in link if "dmt_c4_speedup" in r]
   two_tier = any(r.get("fast_cap_mbit") for r in rows)
-  # One tier: the ratio varies with the cap, so it is the x axis. Two tiers: the ratio is held
-  # (about) fixed, so the x axis is the cap and each point is labelled with its measured ratio.
-  xs = [r["mbit"] if two_tier else r["fast_slow_ratio"] for r in sp]
-  ax2.plot(xs, [r["dmt_c4_speedup"] for r in sp], marker="o")
-  for x, r in zip(xs, sp):
-    ax2.annotate(f"{r['fast_slow_ratio']:.0f}x" if two_tier else f"{r['mbit']:g}", (x, r["dmt_c4_speedup"]),
-                 fontsize=7)
+  for c in speedup_cases(cases):
+    sp = [r for r in link if f"{c}_speedup" in r]
+    # One tier: the ratio varies with the cap, so it is the x axis. Two tiers: the ratio is held
+    # (about) fixed, so the x axis is the cap and each point is labelled with its measured ratio.
+    xs = [r["mbit"] if two_tier else r["fast_slow_ratio"] for r in sp]
+    ax2.plot(xs, [r[f"{c}_speedup"] for r in sp], marker="o", label=c)
+    for x, r in zip(xs, sp):
+      ax2.annotate(f"{r['fast_slow_ratio']:.0f}x" if two_tier else f"{r['mbit']:g}", (x, r[f"{c}_speedup"]),
+                   fontsize=7)
   ax2.axhline(1.9, ls="--", color="red", lw=0.8, label="1.9x (paper)")
   ax2.axhline(1.0, color="gray", lw=0.8)
   if two_tier:

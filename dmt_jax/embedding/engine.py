@@ -56,6 +56,8 @@ class EngineConfig:
   init_scale: float | None = None         # table init U(-s, s); None: 1/sqrt(vocab) (DLRM)
   static_routing: bool = True             # id-independent layouts (TW/CW/DP) skip bucketing where it
                                           # sends no more bytes (lookup.py)
+  replicate_tower_params: bool = False    # towers: every device holds all T towers' params (see
+                                          # ``tower_param_spec``) instead of only its group's k
 
 
 class EmbeddingEngine:
@@ -159,6 +161,31 @@ class EmbeddingEngine:
       return jnp.int32(0)
     return jax.lax.axis_index(self.selector_axes)
 
+  def tower_param_spec(self) -> P:
+    """PartitionSpec of the stacked ``[T, ...]`` tower params.
+
+    Default: sharded over the peer axes, so a group holds its own k towers and their gradients are
+    reduced over the local axes only (an all-reduce of its own, inside the group). Replicated
+    (``replicate_tower_params``): every device holds all T towers and uses its group's k; the gradient
+    is zero outside them, so one all-reduce over *all* devices sums each tower over its group — and
+    XLA merges it with the dense gradients' all-reduce. That trades a collective per step for T/k
+    times the tower-parameter bytes on the cross-host reduction: worth it for small modules (``mix``).
+    """
+    if self.cfg.replicate_tower_params or not self.selector_axes:
+      return P()
+    return P(self.selector_axes)
+
+  def _own_towers(self, tparams):
+    """Inside shard_map: this group's k towers ``[k, ...]`` from replicated ``[T, ...]`` params."""
+    if not (self.cfg.replicate_tower_params and self.selector_axes):
+      return tparams
+    k = self.tl.towers_per_group
+    g = self._group_index()
+    # Marked device-varying over all axes at once, so the transpose is *one* psum over all devices
+    # (letting the slice and the data make it varying piecemeal gives a psum per axis group).
+    tparams = jax.tree.map(lambda p: jax.lax.pcast(p, self.all_axes, to="varying"), tparams)
+    return jax.tree.map(lambda p: jax.lax.dynamic_slice_in_dim(p, g * k, k, axis=0), tparams)
+
   def _smap(self, f, in_specs, out_specs):
     return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=True)
 
@@ -247,13 +274,14 @@ class EmbeddingEngine:
           pooled = lookup.pool_and_return(rows[0], routed, self.layout, self.static, g)
       if tl is None:
         return pooled
-      y = sptt.apply_towers(pooled, tparams, None if self.identity_towers else self.tower_apply, tl)
+      y = sptt.apply_towers(pooled, self._own_towers(tparams), None if self.identity_towers else self.tower_apply,
+                            tl)
       y = sptt.exchange_back(y, tl, self.selector_axes, self.cfg.wire_dtype)
       return sptt.unpermute(y, tl) if self.identity_towers else y
 
     routed_in = {k: routed[k] for k in ("key", "w", "counts")}
     r_spec = {k: self.spec for k in routed_in}
-    t_spec = P(self.selector_axes) if self.selector_axes else P()
+    t_spec = self.tower_param_spec()
     tparams = tower_params if tower_params is not None else {}
     t_specs = jax.tree.map(lambda _: t_spec, tparams)
     return self._smap(f, (self.spec, r_spec, t_specs), P(self.all_axes, None, None))(rows, routed_in, tparams)
@@ -305,7 +333,7 @@ class EmbeddingEngine:
 
   # --- tower params --------------------------------------------------------------------------------
   def tower_param_sharding(self, tower_params):
-    spec = P(self.selector_axes) if self.selector_axes else P()
+    spec = self.tower_param_spec()
     return jax.tree.map(lambda _: NamedSharding(self.mesh, spec), tower_params)
 
   def output_features(self, tower_vectors: int | None = None) -> int:

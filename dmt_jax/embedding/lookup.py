@@ -167,25 +167,31 @@ def static_route(ids, weights, layout: StackLayout, st: LookupStatic, group):
   slot = _const(sr.send_slot)[group]                                      # [M, K]
   sid = jnp.transpose(ids_ext[:, slot], (1, 0, 2))                        # [M, B', K]
   valid = sid >= 0
-  lrow = jnp.where(valid, sid + _const(sr.send_off)[group][:, None, :], 0).astype(jnp.int32)
-  b = jnp.arange(Bp, dtype=jnp.int32)[None, :, None]
-  key = jnp.where(valid, b * layout.o_max + _const(sr.item_out)[group][:, None, :], -1).astype(jnp.int32)
+  # Empty items travel as lrow = -1; the owner rebuilds every key from that, because a static
+  # layout fixes which output each item pools into (one all-to-all per lookup, not two).
+  lrow = jnp.where(valid, sid + _const(sr.send_off)[group][:, None, :], -1).astype(jnp.int32)
   in_valid = (ids[:, :s_in] >= 0) & (_const(layout.slot_table)[group] >= 0)[None, :]
   counts = _output_counts(in_valid, layout, group)
   if st.send_weights:
     w_ext = jnp.concatenate([weights[:, :s_in], jnp.zeros((Bp, 1), weights.dtype)], axis=1)
     w = jnp.where(valid, jnp.transpose(w_ext[:, slot], (1, 0, 2)), 0.0).astype(jnp.float32)
   out = {"counts": counts, "overflow": jnp.int32(0)}
-  lrow, key = lrow.reshape(M * Bp * K), key.reshape(M * Bp * K)
+  lrow = lrow.reshape(M * Bp * K)
   if st.send_weights:
     w = w.reshape(M * Bp * K)
+  me = 0
   if st.axes and M > 1:
     a2a = lambda x: lax.all_to_all(x.reshape(M, Bp * K), st.axes, 0, 0, tiled=True).reshape(M * Bp * K)
-    lrow, key = a2a(lrow), a2a(key)
+    lrow = a2a(lrow)
     if st.send_weights:
       w = a2a(w)
-  out["lrow"], out["key"] = lrow, key
-  out["w"] = w if st.send_weights else (key >= 0).astype(jnp.float32)
+    me = lax.axis_index(st.axes)
+  # Received block m holds source m's [B', K] items for this owner (member ``me``).
+  got = lrow.reshape(M, Bp, K) >= 0
+  b = jnp.arange(Bp, dtype=jnp.int32)[None, :, None]
+  key = jnp.where(got, b * layout.o_max + _const(sr.item_out)[group][me][None, None, :], -1).astype(jnp.int32)
+  out["lrow"], out["key"] = jnp.maximum(lrow, 0), key.reshape(M * Bp * K)
+  out["w"] = w if st.send_weights else (out["key"] >= 0).astype(jnp.float32)
   return out
 
 
