@@ -64,6 +64,9 @@ def suite_cases(suite, quick):
     cases += [Case(f"dmt c={c}", base_config("dmt", quick, **{"towers.compression": float(c),
                                                               "towers.num_towers": 2}))
               for c in (1, 2, 4, 8)]
+    # The feature-mixing tower module (D times cheaper than linear), at the headline c=4.
+    cases.append(Case("dmt c=4, mix towers", base_config("dmt", quick, **{
+        "towers.compression": 4.0, "towers.num_towers": 2, "towers.module": "mix"})))
     return cases
   if suite == "update":
     # Row-wise Adagrad (one accumulator per row, the large-table default) keeps 26 x 1M x 64 in memory.

@@ -105,7 +105,7 @@ def main(argv):
   # 2. tower modules, fp32 vs bf16, forward + backward
   B = 512 if FLAGS.quick else 65536
   F_t, D = 13, (16 if FLAGS.quick else 128)
-  for kind in ("linear", "mlp", "dcn", "dot"):
+  for kind in ("linear", "mlp", "dcn", "dot", "mix"):
     for dtype in (jnp.float32, jnp.bfloat16):
       mod = tower_modules.make_tower_module(kind, F_t, D, 4.0, hidden=(512,), num_cross_layers=2)
       x = jnp.ones((B, F_t, D), dtype)
