@@ -78,7 +78,8 @@ def paper_config(mode, sharding, compression):
           "batch_size": FLAGS.batch_per_device * FLAGS.num_cpu_devices, "eval_batch_size": FLAGS.num_cpu_devices,
           "embedding_optimizer": "rowwise_adagrad", "sharding": sharding}
   if mode == "dmt":
-    over.update({"towers.compression": compression, "towers.num_towers": 0, "towers.module": "linear"})
+    over.update({"towers.compression": compression, "towers.num_towers": 0, "towers.module": "linear",
+                 "towers.param_placement": "group"})   # the byte law's in-group tower-gradient sync
   for k, v in over.items():
     set_field(c, k, v)
   return c
@@ -92,7 +93,7 @@ def bench_config(mode, sharding, compression):
           "data.num_planted_groups": 4, "data.vocab_sizes": (20_000,) * 26, "batch_size": 1024,
           "sharding": sharding}
   if mode == "dmt":
-    over.update({"towers.compression": compression, "towers.num_towers": 2})
+    over.update({"towers.compression": compression, "towers.num_towers": 2, "towers.param_placement": "group"})
   for k, v in over.items():
     set_field(c, k, v)
   return c

@@ -449,7 +449,8 @@ def engine_bytes(layout: str, num_devices: int, group_size: int, num_features: i
   impossible, i.e. for the *busiest* member; that is also what a ragged all-to-all's completion time
   is set by (the busiest device's send/receive volume). With ``B`` samples per device, ``D`` dim, ids
   and keys int32 and embeddings f32, a lookup over ``M`` members of ``F_g`` features moves
-  ``8 * M * B_in * m`` bytes of ids (local row + key) and ``2 * 4 * M * B_in * m * D`` bytes of pooled
+  ``8 * M * B_in * m`` bytes of ids (local row + key; ``4 *`` table-wise, whose static route sends the
+  row only and lets the owner rebuild the key) and ``2 * 4 * M * B_in * m * D`` bytes of pooled
   partial sums (forward + backward), where ``m`` is the most outputs one member serves:
   ``ceil(F_g / M)`` table-wise (``max(F_g, M)`` per sample when ``M > F_g``: one table's owner serves
   every device) and ``F_g`` row-wise (every member holds rows of every table: grows with M).
@@ -475,7 +476,8 @@ def engine_bytes(layout: str, num_devices: int, group_size: int, num_features: i
     if members <= 1:
       return 0.0
     m = features if kind == "row_wise" else _ceil_div(features, members)
-    return 8.0 * members * rows_in * m + 8.0 * members * rows_in * m * D
+    id_bytes = 8.0 if kind == "row_wise" else 4.0    # bucketed: row + key; static (table-wise): row only
+    return id_bytes * members * rows_in * m + 8.0 * members * rows_in * m * D
 
   out = {hlo.DENSE_SYNC: 4.0 * dense_params if N > 1 else 0.0}
   if layout in ("table_wise", "row_wise"):
