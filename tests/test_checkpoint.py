@@ -102,6 +102,23 @@ def test_restore_on_other_mesh(trained, topology, sharding, ndev):
   np.testing.assert_allclose(logits, trained["logits"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("trained", ["dmt"], indirect=True)     # tower params exist in DMT only
+@pytest.mark.parametrize("placement", ["group", "replicated"])
+def test_restore_with_other_tower_param_placement(trained, placement):
+  """Tower params are saved logically: a run may switch towers.param_placement on resume."""
+  assert trained["mode"] == "dmt"
+  cfg = _cfg("dmt", **{"towers.param_placement": placement})
+  exp = train.build_experiment(cfg)
+  assert exp.engine.cfg.replicate_tower_params == (placement == "replicated")
+  mgr = ckpt.CheckpointManager(os.path.join(trained["workdir"], "checkpoints"), exp, cfg)
+  state, step = mgr.restore_latest(None)
+  mgr.close()
+  leaf = jax.tree.leaves(state["params"]["towers"])[0]
+  assert leaf.sharding.spec == exp.engine.tower_param_spec()
+  logits, _ = _eval_logits(exp, state)
+  np.testing.assert_allclose(logits, trained["logits"], rtol=1e-5, atol=1e-6)
+
+
 def test_incomplete_checkpoints_never_used(trained, tmp_path):
   if trained["mode"] != "flat":
     pytest.skip("layout-independent; once is enough")

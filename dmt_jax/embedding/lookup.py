@@ -17,7 +17,8 @@ One lookup inside a routing group of M devices (axes ``A``):
 
 Layouts whose owners do not depend on the id (table-, column-wise, data-parallel) take a static path
 (``static_route`` / ``static_pool_and_return``): every owner receives the same K items per sample in a
-fixed order, so the send buffer is a gather of id columns, pooling is a small one-hot contraction over
+fixed order, so the send buffer is a gather of id columns, only the local row travels (-1 for an empty
+item; the owner rebuilds the key, which the layout fixes), pooling is a small one-hot contraction over
 the items and the return is a static gather — no sort, no scatter, no capacity question. It returns the
 same ``routed`` dict, so ``gather_rows`` and the row-sparse update are shared.
 """
