@@ -49,7 +49,7 @@ def base(model: str, mode: str) -> ml_collections.ConfigDict:
   c.towers.num_cross_layers = 1      # dcn tower cross layers
   c.towers.wire_dtype = "float32"    # dtype of tower outputs on the peer exchange: float32 | bfloat16
   c.towers.param_placement = "auto"  # group (sharded per tower group) | replicated | auto (replicated
-                                     # when all towers' params are <= 256 KiB: one all-reduce less a step)
+                                     # when all towers' params are <= 16 KiB: one all-reduce less a step)
   # --- model ---------------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = model               # dlrm | dcn

@@ -89,7 +89,10 @@ def default_towers(rule: str, num_features: int, num_towers: int) -> list[list[i
 
 # Below this many bytes of stacked tower params "auto" replicates them on every device (one merged
 # all-reduce per step instead of an extra one inside each group; see EmbeddingEngine.tower_param_spec).
-REPLICATE_TOWER_PARAMS_MAX_BYTES = 256 * 1024
+# Replicated, all T towers' gradients travel on the cross-host all-reduce, so "auto" only does it where
+# that is negligible next to the tower outputs (e.g. ``mix`` towers: a few KiB); ``linear`` towers of
+# the tiny preset (17–34 KiB) already stay in their group.
+REPLICATE_TOWER_PARAMS_MAX_BYTES = 16 * 1024
 
 
 def replicate_tower_params(placement: str, tower_module, num_towers: int, f_t: int, dim: int) -> bool:
